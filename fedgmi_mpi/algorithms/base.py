@@ -1,0 +1,108 @@
+"""What an algorithm is, as the runtimes see it.
+
+A round: the server's ``configure`` produces one :class:`Broadcast` (a phase name and one flat
+float32 payload) that every client receives; each client's ``client_update`` returns one
+:class:`ClientUpload`; the runtime passes the compressible ``delta`` through the compressor, sums
+``weights * delta``, ``weights`` and ``statistics`` over clients, and the server's ``aggregate``
+consumes only those sums. Per-client ``metrics`` go to the log, never into aggregation.
+
+Algorithms never import MPI: everything here runs in one process (see runtime.serial).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..scenarios.base import ClientData
+
+
+@dataclass
+class Broadcast:
+    phase: str
+    round: int  # communication round index, counting every phase
+    payload: np.ndarray  # float32 [n]
+
+
+@dataclass(frozen=True)
+class UploadLayout:
+    """Sizes every rank must agree on before the reduce, derived from the broadcast alone."""
+
+    rows: int  # number of weighted delta rows (e.g. K components); 0 when the phase uploads no model
+    row_size: int  # parameters per row
+    statistics: int  # exact float64 statistics summed as they are
+
+
+@dataclass
+class ClientUpload:
+    delta: np.ndarray | None  # float32 [rows, row_size] model change; None when the phase has no model
+    weights: np.ndarray  # float64 [rows] weight of each row in the server's weighted mean
+    statistics: np.ndarray  # float64 [statistics]
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    sends: bool = True  # False: the client uploads nothing this round (e.g. an unseen client)
+
+
+def no_upload(metrics: dict[str, np.ndarray] | None = None) -> ClientUpload:
+    return ClientUpload(delta=None, weights=np.zeros(0), statistics=np.zeros(0), metrics=metrics or {}, sends=False)
+
+
+@dataclass
+class Summed:
+    """Sums over all clients of one round, as the server receives them."""
+
+    weighted_delta: np.ndarray  # float64 [rows, row_size]: sum_c weights_c[:, None] * delta_c
+    weights: np.ndarray  # float64 [rows]
+    statistics: np.ndarray  # float64 [statistics]
+
+
+@dataclass
+class Aggregated:
+    """What the server's aggregate returns: the new state, server-side metrics for the log, and
+    events worth telling the user (printed on rank 0 and stored in the log)."""
+
+    state: Any
+    metrics: dict[str, np.ndarray]
+    events: list[str] = field(default_factory=list)
+
+
+class Algorithm(Protocol):
+    name: str
+
+    # Which per-client metrics each phase reports, {phase: {name: shape}}; fixed for the run so the
+    # log can create its datasets up front.
+    def metric_specs(self) -> dict[str, dict[str, tuple[int, ...]]]: ...
+    def server_metric_specs(self) -> dict[str, dict[str, tuple[int, ...]]]: ...
+
+    def init_server(self) -> Any: ...
+    def configure(self, state: Any) -> Broadcast | None: ...
+    def upload_layout(self, broadcast: Broadcast) -> UploadLayout: ...
+    def init_client(self, client: ClientData) -> Any: ...
+    def client_update(self, broadcast: Broadcast, client: ClientData, client_state: Any) -> ClientUpload: ...
+    def aggregate(self, state: Any, broadcast: Broadcast, summed: Summed) -> Aggregated: ...
+
+
+def pack(arrays: list[np.ndarray]) -> np.ndarray:
+    """Several arrays in one float32 vector, shapes in a small header so the receiver needs no side channel."""
+    header = [len(arrays)]
+    for a in arrays:
+        if any(dim >= 2**24 for dim in a.shape):  # float32 holds integers exactly only up to 2**24
+            raise ValueError(f"cannot pack an array of shape {a.shape}: a dimension is 2**24 or more")
+        header += [a.ndim, *a.shape]
+    parts = [np.asarray(header, dtype=np.float32)] + [np.asarray(a, dtype=np.float32).ravel() for a in arrays]
+    return np.concatenate(parts)
+
+
+def unpack(vector: np.ndarray) -> list[np.ndarray]:
+    count = int(vector[0])
+    pos, shapes = 1, []
+    for _ in range(count):
+        ndim = int(vector[pos])
+        shapes.append(tuple(int(s) for s in vector[pos + 1 : pos + 1 + ndim]))
+        pos += 1 + ndim
+    out = []
+    for shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        out.append(vector[pos : pos + size].reshape(shape))
+        pos += size
+    return out

@@ -1,0 +1,34 @@
+"""Scoring learned components against the truth (evaluation only; never used in training).
+
+Component labels are arbitrary, so learned components are first matched to true ones with the
+Hungarian method on the pooled confusion matrix of hard assignments.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+
+def confusion(true_components: np.ndarray, responsibilities: np.ndarray, num_components: int) -> np.ndarray:
+    """[true K, learned K] counts of argmax assignments."""
+    learned = responsibilities.argmax(1)
+    out = np.zeros((num_components, responsibilities.shape[1]))
+    np.add.at(out, (true_components, learned), 1.0)
+    return out
+
+
+def match_components(pooled_confusion: np.ndarray) -> np.ndarray:
+    """Permutation p with learned component p[t] matched to true component t (max agreement)."""
+    rows, cols = linear_sum_assignment(-pooled_confusion)
+    perm = np.empty(pooled_confusion.shape[0], dtype=np.int64)
+    perm[rows] = cols
+    return perm
+
+
+def assignment_accuracy(pooled_confusion: np.ndarray, perm: np.ndarray) -> float:
+    return float(pooled_confusion[np.arange(len(perm)), perm].sum() / max(pooled_confusion.sum(), 1))
+
+
+def proportion_mae(estimated: np.ndarray, actual: np.ndarray, perm: np.ndarray) -> float:
+    """Mean absolute error over clients and components after matching: estimated[:, perm[t]] vs actual[:, t]."""
+    return float(np.abs(estimated[:, perm] - actual).mean())

@@ -1,0 +1,217 @@
+"""Run configuration: plain dataclasses, read from YAML and ``--set section.key=value`` overrides.
+
+Every value is checked before any work starts; a bad one raises UserError with one line that
+names the key, so the CLI can exit 2 on every rank before any collective is entered.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class ScenarioConfig:
+    name: str = "rotated_digits"  # or "npz": a user's own file, see docs/data.md
+    path: str = ""  # npz file for name=npz
+    num_clients: int = 40  # clients that train
+    unseen_clients: int = 8  # extra clients that never train, only run E-steps
+    num_components: int = 4  # K inherent distributions (rotations for rotated_digits)
+    samples_per_client: int = 100  # mean training samples per client
+    size_spread: float = 0.25  # client sizes uniform in samples_per_client * (1 ± size_spread)
+    test_samples_per_client: int = 50
+    dirichlet_alpha: float = 0.4
+
+
+@dataclass
+class ModelConfig:
+    hidden: int = 128
+    latent: int = 8
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "fedgmi"
+    rounds: int = 150  # training rounds (model down, updates up)
+    warmup_rounds: int = 40  # first rounds train on the initial responsibilities, no E-step (all rounds if >= rounds)
+    local_epochs: int = 2
+    batch_size: int = 50
+    lr: float = 3e-3
+    label_weight: float = 1.0  # weight of the classifier head's cross-entropy in the M-step
+    estep_samples: int = 16  # importance samples for the training E-step likelihoods
+    estep_uses_labels: bool = True  # multiply p_k(x_i) by p_k(y_i | x_i) in the training E-step
+    proportion_iterations: int = 20  # EM iterations on pi per E-step, likelihoods held fixed
+    init: str = "topics"  # "topics" (codebook + federated topic model) or "random"
+    codebook_size: int = 64
+    codebook_lloyd_iterations: int = 6
+    topic_restarts: int = 8
+    topic_iterations: int = 300
+    test_samples: int = 4  # importance samples for the per-round test accuracy
+    eval_every: int = 25  # an evaluation round every this many training rounds (0: only at the end)
+    eval_samples: int = 64  # importance samples for evaluation-round inference
+    collapse_fraction: float = 0.01  # warn when a component's share of all responsibility mass falls below this
+
+
+@dataclass
+class CompressionConfig:
+    name: str = "none"
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads_per_rank: int = 1  # torch intra-op threads per rank (0: torch's default)
+    poll_interval_ms: float = 1.0  # longest sleep between progress checks while a rank waits in a collective
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _coerce(key: str, value: Any, target_type: type) -> Any:
+    if target_type is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UserError(f"{key}: expected true or false, got {value!r}")
+    if target_type is int:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise UserError(f"{key}: expected an integer, got {value!r}")
+    if target_type is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{key}: expected a number, got {value!r}")
+    if target_type is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{key}: expected a string, got {value!r}")
+    raise AssertionError(target_type)
+
+
+_SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _field_types(obj: Any) -> dict[str, type]:
+    """Scalar fields of a config section (annotations are strings under postponed evaluation)."""
+    return {f.name: _SCALARS[f.type] for f in dataclasses.fields(obj) if f.type in _SCALARS}
+
+
+def apply(config: Config, key: str, value: Any) -> None:
+    """Set ``section.key`` (or a top-level key such as ``seed``) with type checking."""
+    parts = key.split(".")
+    target: Any = config
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
+            raise UserError(f"unknown config key {key!r}")
+        target = getattr(target, part)
+        if not dataclasses.is_dataclass(target):
+            raise UserError(f"unknown config key {key!r}")
+    name = parts[-1]
+    types = _field_types(target)
+    if name not in types:
+        raise UserError(f"unknown config key {key!r}")
+    setattr(target, name, _coerce(key, value, types[name]))
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in mapping.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out += _flatten(value, full + ".")
+        else:
+            out.append((full, value))
+    return out
+
+
+def load(path: str | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    config = Config()
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file {path} must hold a mapping of sections")
+        for key, value in _flatten(data):
+            apply(config, key, value)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        apply(config, key.strip(), yaml.safe_load(value) if value.strip() else value)
+    validate(config)
+    return config
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def validate(config: Config) -> None:
+    s, m, a, r = config.scenario, config.model, config.algorithm, config.runtime
+    _require(config.seed >= 0, "seed must be >= 0")
+    _require(s.name in ("rotated_digits", "npz"), f"scenario.name must be rotated_digits or npz, got {s.name!r}")
+    _require(s.name != "npz" or bool(s.path), "scenario.path must name an .npz file when scenario.name=npz")
+    _require(s.num_clients >= 1, "scenario.num_clients must be >= 1")
+    _require(s.unseen_clients >= 0, "scenario.unseen_clients must be >= 0")
+    _require(s.num_components >= 1, "scenario.num_components must be >= 1")
+    _require(s.samples_per_client >= 1, "scenario.samples_per_client must be >= 1")
+    _require(0.0 <= s.size_spread < 1.0, "scenario.size_spread must be in [0, 1)")
+    _require(s.test_samples_per_client >= 1, "scenario.test_samples_per_client must be >= 1")
+    _require(s.dirichlet_alpha > 0, "scenario.dirichlet_alpha must be > 0")
+    _require(m.hidden >= 1 and m.latent >= 1, "model.hidden and model.latent must be >= 1")
+    _require(a.name == "fedgmi", f"algorithm.name must be fedgmi, got {a.name!r}")
+    _require(a.rounds >= 1, "algorithm.rounds must be >= 1")
+    _require(a.warmup_rounds >= 0, "algorithm.warmup_rounds must be >= 0")
+    _require(a.local_epochs >= 1 and a.batch_size >= 1, "algorithm.local_epochs and algorithm.batch_size must be >= 1")
+    _require(a.lr > 0, "algorithm.lr must be > 0")
+    _require(a.label_weight >= 0, "algorithm.label_weight must be >= 0")
+    _require(a.estep_samples >= 1 and a.test_samples >= 1 and a.eval_samples >= 1, "algorithm.*_samples must be >= 1")
+    _require(a.proportion_iterations >= 1, "algorithm.proportion_iterations must be >= 1")
+    _require(a.init in ("topics", "random"), f"algorithm.init must be topics or random, got {a.init!r}")
+    _require(a.codebook_size >= 2, "algorithm.codebook_size must be >= 2")
+    _require(a.codebook_lloyd_iterations >= 1, "algorithm.codebook_lloyd_iterations must be >= 1")
+    _require(a.topic_restarts >= 1 and a.topic_iterations >= 1, "algorithm.topic_restarts and topic_iterations must be >= 1")
+    _require(a.eval_every >= 0, "algorithm.eval_every must be >= 0")
+    _require(0 <= a.collapse_fraction < 1, "algorithm.collapse_fraction must be in [0, 1)")
+    _require(config.compression.name == "none", f"compression.name must be none, got {config.compression.name!r}")
+    _require(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "runtime.device must be auto, cpu, cuda or cuda:N")
+    _require(r.threads_per_rank >= 0, "runtime.threads_per_rank must be >= 0")
+    _require(r.poll_interval_ms >= 0, "runtime.poll_interval_ms must be >= 0")

@@ -1,0 +1,180 @@
+"""The run log: one HDF5 file written by rank 0, the only place that writes HDF5.
+
+Layout (see docs/hdf5-schema.md):
+  /                    attrs: config (JSON), seed, versions (JSON), mpi_library, world_size,
+                       git_commit, schema_version, created, command
+  /status              [1] int8: 0 running, 1 complete (readable while the run goes on)
+  /rounds/{phase, wall_time, bytes_down, bytes_up}    one row per communication round
+  /<phase>/round       communication round index of each row of this phase
+  /<phase>/<metric>    [rows, clients, ...] per-client metrics the algorithm reports
+  /<phase>/server/<m>  [rows, ...] server-side metrics
+  /<phase>/summary/<m> [rows] scores against the truth (train and evaluate phases)
+  /events              [n] text: collapse warnings and other notices
+  /clients/{seen, num_train, num_test}, /truth/{true_proportions, component_counts}
+
+The file is written under SWMR to ``<out>.partial`` and flushed every round, so it can be read
+while the run goes on and stays valid if the run dies; on success it is fsynced and renamed to
+``<out>``. An existing ``<out>`` or ``<out>.partial`` is never overwritten unless asked.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it (or choose another --out)")
+    part = partial_path(out)
+    if part.exists() and not overwrite:
+        raise UserError(f"{part} exists (a run that did not finish?); remove it or pass --overwrite")
+    if not out.parent.exists():
+        raise UserError(f"output folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"output folder {out.parent} is not writable")
+
+
+def _growable(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any) -> None:
+    group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                         chunks=(max(1, min(64, 2**20 // max(1, 8 * int(np.prod(shape, dtype=np.int64))))), *shape))
+
+
+def _append(dataset: h5py.Dataset, row: Any) -> None:
+    n = dataset.shape[0]
+    dataset.resize(n + 1, axis=0)
+    dataset[n] = row
+
+
+class RunLog:
+    def __init__(self, out: Path, file: h5py.File, phases: list[str]):
+        self.out = out
+        self.file = file
+        self.phases = phases
+
+    @classmethod
+    def create(
+        cls,
+        out: str | Path,
+        overwrite: bool,
+        attrs: dict[str, Any],
+        seen: np.ndarray,
+        num_train: np.ndarray,
+        num_test: np.ndarray,
+        truth: dict[str, np.ndarray],
+        client_specs: dict[str, dict[str, tuple[int, ...]]],
+        server_specs: dict[str, dict[str, tuple[int, ...]]],
+        summary_specs: dict[str, dict[str, tuple[int, ...]]],
+    ) -> "RunLog":
+        out = Path(out)
+        check_output(out, overwrite)
+        part = partial_path(out)
+        try:
+            file = h5py.File(part, "w", libver="latest")
+        except OSError as exc:
+            raise UserError(f"cannot create {part}: {exc}") from None
+        phases = list(client_specs)
+        num_clients = len(seen)
+        for key, value in attrs.items():
+            file.attrs[key] = value
+        file.attrs["schema_version"] = SCHEMA_VERSION
+        status = file.create_dataset("status", data=np.zeros(1, dtype=np.int8))
+        status.attrs["legend"] = "0 running, 1 complete"
+        clients = file.create_group("clients")
+        clients["seen"] = seen.astype(np.int8)
+        clients["num_train"] = num_train.astype(np.int64)
+        clients["num_test"] = num_test.astype(np.int64)
+        truth_group = file.create_group("truth")
+        truth_group.attrs["note"] = "evaluation only: never used in training or initialisation"
+        for name, value in truth.items():
+            truth_group[name] = value
+        rounds = file.create_group("rounds")
+        _growable(rounds, "phase", (), np.int8)
+        rounds["phase"].attrs["phases"] = json.dumps(phases)
+        _growable(rounds, "wall_time", (), np.float64)
+        _growable(rounds, "bytes_down", (num_clients,), np.int64)
+        _growable(rounds, "bytes_up", (num_clients,), np.int64)
+        for phase in phases:
+            group = file.create_group(phase)
+            _growable(group, "round", (), np.int64)
+            for name, shape in client_specs[phase].items():
+                _growable(group, name, (num_clients, *shape), np.float64)
+            server = group.create_group("server")
+            for name, shape in server_specs.get(phase, {}).items():
+                _growable(server, name, shape, np.float64)
+            summary = group.create_group("summary")
+            for name, shape in summary_specs.get(phase, {}).items():
+                _growable(summary, name, shape, np.float64)
+        _growable(file, "events", (), h5py.string_dtype())
+        file.swmr_mode = True  # from here on: append and flush only; readers may attach
+        file.flush()
+        return cls(out, file, phases)
+
+    def write_round(
+        self,
+        phase: str,
+        round_index: int,
+        wall_time: float,
+        bytes_down: np.ndarray,
+        bytes_up: np.ndarray,
+        client_metrics: dict[str, np.ndarray],
+        server_metrics: dict[str, np.ndarray],
+        summary: dict[str, Any] | None,
+    ) -> None:
+        f = self.file
+        _append(f["rounds/phase"], self.phases.index(phase))
+        _append(f["rounds/wall_time"], wall_time)
+        _append(f["rounds/bytes_down"], np.nan_to_num(bytes_down).astype(np.int64))
+        _append(f["rounds/bytes_up"], np.nan_to_num(bytes_up).astype(np.int64))
+        group = f[phase]
+        _append(group["round"], round_index)
+        for name, values in client_metrics.items():
+            _append(group[name], values)
+        for name, values in server_metrics.items():
+            if name in group["server"]:
+                _append(group["server"][name], values)
+        if summary is not None:
+            for name in group["summary"]:
+                _append(group["summary"][name], summary[name])
+        f.flush()
+
+    def event(self, text: str) -> None:
+        _append(self.file["events"], text)
+        self.file.flush()
+
+    def finish(self, final_attrs: dict[str, Any]) -> Path:
+        """Mark complete, close, add the closing attributes, fsync and move into place."""
+        self.file["status"][0] = 1
+        self.file.close()
+        part = partial_path(self.out)
+        with h5py.File(part, "r+") as file:  # attributes cannot be added under SWMR
+            for key, value in final_attrs.items():
+                file.attrs[key] = value
+        fd = os.open(part, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(part, self.out)
+        dir_fd = os.open(self.out.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return self.out
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()

@@ -1,0 +1,134 @@
+"""The round loop, the same for every transport.
+
+Per round: the server configures a broadcast; every rank runs its hosted clients, passes each
+model delta through the compressor, and adds ``weights * delta``, ``weights`` and the exact
+statistics into one int64 fixed-point buffer; one reduce brings the sum to the server and one
+gather brings the small per-client metric rows. The loop knows nothing of the algorithm's
+phases or of MPI.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from ..algorithms.base import Aggregated, Algorithm, Broadcast, Summed, UploadLayout
+from ..compression.base import Compressor
+from ..scenarios.base import Scenario
+from . import exact_sum
+
+
+class Transport(Protocol):
+    is_server: bool
+    hosted: list[int]  # client ids this rank runs, ascending
+
+    def broadcast(self, broadcast: Broadcast | None) -> Broadcast | None: ...
+    def reduce_sum(self, local: np.ndarray) -> np.ndarray | None: ...
+    def gather_rows(self, rows: np.ndarray) -> np.ndarray | None: ...
+
+
+@dataclass
+class RoundRecord:
+    """What the server learned in one round, handed to the observer (log, progress, summary)."""
+
+    broadcast: Broadcast
+    client_metrics: dict[str, np.ndarray]  # name -> [clients, ...], NaN where a client reported nothing
+    bytes_down: np.ndarray  # [clients]
+    bytes_up: np.ndarray  # [clients]
+    aggregated: Aggregated
+    wall_time: float
+
+
+def _metric_columns(spec: dict[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...], int, int]]:
+    columns, start = [], 0
+    for name, shape in spec.items():
+        size = int(np.prod(shape, dtype=np.int64))
+        columns.append((name, shape, start, start + size))
+        start += size
+    return columns
+
+
+def _buffer_size(layout: UploadLayout) -> int:
+    return layout.rows * layout.row_size + layout.rows + layout.statistics
+
+
+def run(
+    algorithm: Algorithm,
+    scenario: Scenario,
+    compressor: Compressor,
+    transport: Transport,
+    on_round: Callable[[RoundRecord], None] | None = None,
+) -> Any:
+    """Run to the end; returns the server's final state on the server, None elsewhere."""
+    client_states = {cid: algorithm.init_client(scenario.clients[cid]) for cid in transport.hosted}
+    channel_states = {cid: compressor.init_client(cid) for cid in transport.hosted}
+    server_state = algorithm.init_server() if transport.is_server else None
+    specs = {phase: _metric_columns(spec) for phase, spec in algorithm.metric_specs().items()}
+    limit = exact_sum.contribution_limit(len(scenario.clients))
+
+    while True:
+        started = time.perf_counter()
+        broadcast = algorithm.configure(server_state) if transport.is_server else None
+        broadcast = transport.broadcast(broadcast)
+        if broadcast is None:
+            return server_state
+        layout = algorithm.upload_layout(broadcast)
+        n_rows, row_size = layout.rows, layout.row_size
+        columns = specs[broadcast.phase]
+        width = (columns[-1][3] if columns else 0) + 2  # metrics, then bytes down and up
+        local = np.zeros(_buffer_size(layout), dtype=np.int64)
+        rows = np.full((len(transport.hosted), width), np.nan)
+        for i, cid in enumerate(transport.hosted):
+            upload = algorithm.client_update(broadcast, scenario.clients[cid], client_states[cid])
+            bytes_up = 0
+            if upload.sends:
+                if len(upload.weights) != n_rows or len(upload.statistics) != layout.statistics:
+                    raise ValueError(f"client {cid} uploaded {len(upload.weights)} weights / {len(upload.statistics)} "
+                                     f"statistics; the phase {broadcast.phase!r} expects {n_rows} / {layout.statistics}")
+                if n_rows:
+                    decoded, sent = compressor.roundtrip(upload.delta, channel_states[cid], broadcast.round, cid)
+                    local[: n_rows * row_size] += exact_sum.encode(upload.weights[:, None] * decoded, limit).ravel()
+                    bytes_up += sent
+                local[n_rows * row_size :] += exact_sum.encode(np.concatenate([upload.weights, upload.statistics]), limit)
+                bytes_up += 8 * (n_rows + layout.statistics)
+            for name, shape, lo, hi in columns:
+                if name in upload.metrics:
+                    rows[i, lo:hi] = np.asarray(upload.metrics[name], dtype=np.float64).reshape(-1)
+            rows[i, -2:] = (broadcast.payload.nbytes, bytes_up)
+
+        total = transport.reduce_sum(local)
+        gathered = transport.gather_rows(rows)
+        if not transport.is_server:
+            continue
+        total = exact_sum.decode(total)
+        summed = Summed(
+            weighted_delta=total[: n_rows * row_size].reshape(n_rows, row_size),
+            weights=total[n_rows * row_size : n_rows * row_size + n_rows],
+            statistics=total[n_rows * row_size + n_rows :],
+        )
+        aggregated = algorithm.aggregate(server_state, broadcast, summed)
+        server_state = aggregated.state
+        if on_round is not None:
+            metrics = {name: gathered[:, lo:hi].reshape(-1, *shape) for name, shape, lo, hi in columns}
+            on_round(RoundRecord(broadcast, metrics, gathered[:, -2], gathered[:, -1], aggregated,
+                                 time.perf_counter() - started))
+
+
+class SerialTransport:
+    """One process is the server and hosts every client: the reference for the MPI path."""
+
+    is_server = True
+
+    def __init__(self, num_clients: int):
+        self.hosted = list(range(num_clients))
+
+    def broadcast(self, broadcast: Broadcast | None) -> Broadcast | None:
+        return broadcast
+
+    def reduce_sum(self, local: np.ndarray) -> np.ndarray:
+        return local
+
+    def gather_rows(self, rows: np.ndarray) -> np.ndarray:
+        return rows

@@ -1,0 +1,140 @@
+"""The MPI transport: rank 0 is the server, ranks 1..N-1 host groups of clients.
+
+Only mpi4py's buffer (uppercase) collectives are used. They are issued non-blocking and waited
+on with :func:`wait`, which sleeps between progress checks: MPICH busy-polls inside a blocking
+collective, so an idle server on an oversubscribed node would otherwise eat a core the workers
+need.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from ..algorithms.base import Broadcast
+from ..errors import UserError
+from .placement import assign_clients, order_of
+
+HEADER = 4  # stop flag, phase index, round, payload length
+MESSAGE_BYTES = 512
+
+
+def mpi():
+    from mpi4py import MPI  # imported lazily: the serial path and the tests need no MPI
+
+    return MPI
+
+
+def wait(request, max_sleep: float) -> None:
+    """Complete a request, sleeping between checks (exponential backoff up to max_sleep seconds)."""
+    if max_sleep <= 0:
+        request.Wait()
+        return
+    sleep = 2e-5
+    while not request.Test():
+        time.sleep(sleep)
+        sleep = min(sleep * 2, max_sleep)
+
+
+def launched_tasks() -> int | None:
+    """How many tasks the launcher says it started, where it says so."""
+    for var in ("SLURM_NTASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        value = os.environ.get(var)
+        if value and value.isdigit():
+            return int(value) if var != "MPI_LOCALNRANKS" else None
+    return None
+
+
+def local_rank(comm) -> int:
+    """This rank's index among the ranks on its node (for choosing a GPU)."""
+    MPI = mpi()
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    rank = node.Get_rank()
+    node.Free()
+    for var in ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"):
+        value = os.environ.get(var)
+        if value and value.isdigit():
+            return int(value)
+    return rank
+
+
+def agree_on_errors(comm, error: str | None) -> str | None:
+    """Every rank passes the error it met (or None); all return the lowest rank's error, or None.
+
+    Lets a check that may fail on some ranks only (a missing file on one node, an unwritable
+    log on rank 0) end the job cleanly on every rank instead of leaving others in a collective.
+    """
+    MPI = mpi()
+    flag = np.array([0 if error is None else 1], dtype=np.int32)
+    any_error = np.zeros(1, dtype=np.int32)
+    comm.Allreduce(flag, any_error, op=MPI.MAX)
+    if not any_error[0]:
+        return None
+    mine = np.zeros(MESSAGE_BYTES, dtype=np.uint8)
+    if error is not None:
+        raw = error.encode("utf-8", "replace")[:MESSAGE_BYTES]
+        mine[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    everyone = np.zeros((comm.Get_size(), MESSAGE_BYTES), dtype=np.uint8)
+    comm.Allgather(mine, everyone)
+    for row in everyone:
+        if row.any():
+            return bytes(row).rstrip(b"\0").decode("utf-8", "replace")
+    return None
+
+
+class MPITransport:
+    def __init__(self, comm, phases: list[str], workloads: list[int], poll_interval_ms: float):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        if self.size < 2:
+            raise UserError("the MPI runtime needs at least 2 ranks (rank 0 serves, the others host clients)")
+        self.is_server = self.rank == 0
+        self.phases = phases
+        self.max_sleep = poll_interval_ms / 1000.0
+        self.placement = assign_clients(workloads, self.size - 1)
+        self.hosted = [] if self.is_server else self.placement[self.rank - 1]
+        self.num_clients = len(workloads)
+        self.gather_order = order_of(self.placement)
+
+    def broadcast(self, broadcast: Broadcast | None) -> Broadcast | None:
+        MPI = mpi()
+        header = np.zeros(HEADER, dtype=np.int64)
+        if self.is_server:
+            if broadcast is None:
+                header[0] = 1
+            else:
+                header[1:] = (self.phases.index(broadcast.phase), broadcast.round, broadcast.payload.size)
+        wait(self.comm.Ibcast(header, root=0), self.max_sleep)
+        if header[0]:
+            return None
+        payload = broadcast.payload if self.is_server else np.empty(int(header[3]), dtype=np.float32)
+        payload = np.ascontiguousarray(payload, dtype=np.float32)
+        wait(self.comm.Ibcast([payload, MPI.FLOAT], root=0), self.max_sleep)
+        if self.is_server:
+            return broadcast
+        return Broadcast(self.phases[int(header[1])], int(header[2]), payload)
+
+    def reduce_sum(self, local: np.ndarray) -> np.ndarray | None:
+        MPI = mpi()
+        total = np.zeros_like(local) if self.is_server else None
+        wait(self.comm.Ireduce([local, MPI.INT64_T], [total, MPI.INT64_T] if self.is_server else None,
+                               op=MPI.SUM, root=0), self.max_sleep)
+        return total
+
+    def gather_rows(self, rows: np.ndarray) -> np.ndarray | None:
+        MPI = mpi()
+        width = rows.shape[1]
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        if not self.is_server:
+            wait(self.comm.Igatherv([rows, MPI.DOUBLE], None, root=0), self.max_sleep)
+            return None
+        counts = [0] + [len(group) * width for group in self.placement]
+        displacements = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+        received = np.empty((self.num_clients, width), dtype=np.float64)
+        wait(self.comm.Igatherv([np.empty((0, width)), MPI.DOUBLE],
+                                [received, counts, displacements, MPI.DOUBLE], root=0), self.max_sleep)
+        ordered = np.empty_like(received)
+        ordered[self.gather_order] = received
+        return ordered

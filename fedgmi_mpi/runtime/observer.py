@@ -1,0 +1,100 @@
+"""Rank 0's view of the run: writes each round to the log, prints progress, events and the end."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+import numpy as np
+
+from ..analysis.summary import summarize
+from ..logs.hdf5 import RunLog
+from ..scenarios.base import Scenario
+from .loop import RoundRecord
+
+SCORED_PHASES = ("train", "evaluate")
+
+
+class Observer:
+    def __init__(self, log: RunLog, scenario: Scenario, total_train_rounds: int, stream: TextIO = sys.stderr,
+                 quiet: bool = False):
+        self.log = log
+        self.scenario = scenario
+        self.total = total_train_rounds
+        self.stream = stream
+        self.quiet = quiet
+        self.tty = stream.isatty()
+        self.started = time.perf_counter()
+        self.train_rounds = 0
+        self.rounds = 0
+        self.last_phase = ""
+        self.last_train: dict[str, Any] | None = None
+        self.last_evaluation: dict[str, Any] | None = None
+        self.bytes_down = 0.0
+        self.bytes_up = 0.0
+
+    def __call__(self, record: RoundRecord) -> None:
+        phase = record.broadcast.phase
+        metrics = record.client_metrics
+        summary = summarize(metrics, self.scenario) if phase in SCORED_PHASES and "confusion" in metrics else None
+        self.log.write_round(phase, record.broadcast.round, record.wall_time, record.bytes_down, record.bytes_up,
+                             metrics, record.aggregated.metrics, summary)
+        self.rounds += 1
+        self.bytes_down += float(np.nansum(record.bytes_down))
+        self.bytes_up += float(np.nansum(record.bytes_up))
+        for event in record.aggregated.events:
+            self.log.event(event)
+            self._line(f"warning: {event}")
+        if phase == "train":
+            self.train_rounds += 1
+            self.last_train = summary
+        elif phase == "evaluate":
+            self.last_evaluation = summary
+        self._progress(phase, record, summary)
+        self.last_phase = phase
+
+    def _line(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _progress(self, phase: str, record: RoundRecord, summary: dict[str, Any] | None) -> None:
+        if self.quiet:
+            return
+        text = f"[{phase:8s}] round {record.broadcast.round:4d}  train {self.train_rounds}/{self.total}"
+        if summary is not None:
+            text += (f"  MAE {summary['proportion_mae']:.4f}  assign {summary['assignment_accuracy']:.3f}"
+                     f"  acc {summary['accuracy']:.3f}")
+        text += f"  {record.wall_time:.2f}s/round  {time.perf_counter() - self.started:.0f}s"
+        if phase == "evaluate":
+            self._line(text + "  (evaluation: IW likelihoods, proportions by E-steps from uniform)")
+        elif self.tty:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+        elif phase != self.last_phase or (phase == "train" and self.train_rounds % 10 == 0):
+            self._line(text)
+
+    def closing_summary(self) -> dict[str, Any]:
+        final = dict(self.last_evaluation or {})
+        final.update(
+            wall_time_s=time.perf_counter() - self.started, rounds=self.rounds, train_rounds=self.train_rounds,
+            bytes_down_total=self.bytes_down, bytes_up_total=self.bytes_up,
+        )
+        return final
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    def fmt(name: str, digits: int = 4) -> str:
+        value = summary.get(name, float("nan"))
+        return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+    lines = [
+        "summary (final evaluation; learned components matched to true ones by the Hungarian method):",
+        f"  proportion MAE vs actual counts   seen {fmt('proportion_mae')}   unseen {fmt('proportion_mae_unseen')}",
+        f"  sample-assignment accuracy        seen {fmt('assignment_accuracy')}   unseen {fmt('assignment_accuracy_unseen')}",
+        f"  personalised test accuracy        seen {fmt('accuracy')}   unseen {fmt('accuracy_unseen')}",
+        f"  rounds {summary['rounds']} ({summary['train_rounds']} training)   wall time {summary['wall_time_s']:.1f} s   "
+        f"bytes down {summary['bytes_down_total'] / 2**20:.1f} MiB, up {summary['bytes_up_total'] / 2**20:.1f} MiB",
+    ]
+    return "\n".join(lines)

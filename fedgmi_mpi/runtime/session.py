@@ -1,0 +1,122 @@
+"""One run from start to end on every rank: checks, scenario, transport, loop, log, summary."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from .. import compression, scenarios
+from ..algorithms import build as build_algorithm
+from ..analysis.summary import SUMMARY_FIELDS
+from ..config import Config
+from ..errors import UserError
+from ..logs.hdf5 import RunLog
+from . import loop
+from .device import choose_device
+from .mpi import MPITransport, agree_on_errors, launched_tasks, local_rank, mpi
+from .observer import Observer, format_summary
+
+
+def _summary_specs(client_specs: dict, num_components: int) -> dict:
+    fields = {name: () for name in SUMMARY_FIELDS}
+    fields["permutation"] = (num_components,)
+    return {phase: fields for phase, spec in client_specs.items() if "confusion" in spec}
+
+
+def _create_log(config: Config, scenario, algorithm, out: Path, overwrite: bool, world_size: int, command: str) -> RunLog:
+    from ..cli import _git_commit, _mpi_library, _versions
+
+    truth = {}
+    if scenario.true_proportions() is not None:
+        truth["true_proportions"] = scenario.true_proportions()
+    if scenario.has_truth:
+        truth["component_counts"] = np.stack([c.actual_component_counts(scenario.num_components) for c in scenario.clients])
+    attrs = {
+        "config": config.to_json(), "seed": config.seed, "versions": json_dumps(_versions()),
+        "mpi_library": _mpi_library(), "world_size": world_size, "git_commit": _git_commit(),
+        "created": _now(), "command": command, "scenario": scenario.description,
+        "algorithm": algorithm.name, "compression": config.compression.name,
+    }
+    client_specs = algorithm.metric_specs()
+    return RunLog.create(
+        out, overwrite, attrs,
+        seen=np.array([c.seen for c in scenario.clients]),
+        num_train=np.array([c.num_train for c in scenario.clients]),
+        num_test=np.array([len(c.x_test) for c in scenario.clients]),
+        truth=truth, client_specs=client_specs, server_specs=algorithm.server_metric_specs(),
+        summary_specs=_summary_specs(client_specs, scenario.num_components),
+    )
+
+
+def json_dumps(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_session(config: Config, out: Path, overwrite: bool, quiet: bool, command: str) -> None:
+    MPI = mpi()
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    expected = launched_tasks()
+    if size == 1 and expected and expected > 1:
+        raise UserError(
+            f"the launcher started {expected} tasks but MPI sees a world of 1: mpi4py is not using the launcher's "
+            "MPI (on Slurm try srun --mpi=pmi2, or rebuild mpi4py against the site MPI; see README)")
+    if config.runtime.threads_per_rank > 0:
+        torch.set_num_threads(config.runtime.threads_per_rank)
+
+    # Setup that may fail on some ranks only ends the job on all of them, with rank 0's message.
+    error, scenario, log, device = None, None, None, torch.device("cpu")
+    node_rank = local_rank(comm) if size > 1 else 0
+    try:
+        scenario = scenarios.build(config)
+        device = choose_device(config.runtime.device, node_rank) if (rank > 0 or size == 1) else torch.device("cpu")
+        algorithm = build_algorithm(config, scenario, device)
+        if rank == 0:
+            log = _create_log(config, scenario, algorithm, out, overwrite, size, command)
+    except UserError as exc:
+        error = str(exc)
+    if size > 1:
+        error = agree_on_errors(comm, error)
+    if error is not None:
+        if log is not None:
+            log.close()
+            Path(str(log.out) + ".partial").unlink(missing_ok=True)
+        raise UserError(error)
+
+    if size > 1:
+        workloads = [c.num_train + len(c.x_test) for c in scenario.clients]
+        transport = MPITransport(comm, list(algorithm.metric_specs()), workloads, config.runtime.poll_interval_ms)
+    else:
+        transport = loop.SerialTransport(len(scenario.clients))
+    observer = None
+    if rank == 0:
+        if not quiet:
+            hosted = "all clients in-process" if size == 1 else f"{size - 1} worker rank(s)"
+            click.echo(f"fedgmi {algorithm.name}: {scenario.description}; {len(scenario.clients)} clients on "
+                       f"{hosted}; device {device if size == 1 else config.runtime.device}; log {out}", err=True)
+        observer = Observer(log, scenario, config.algorithm.rounds, quiet=quiet)
+    try:
+        loop.run(algorithm, scenario, compression.build(config), transport, on_round=observer)
+    except UserError as exc:  # after setup a user error on one rank cannot be agreed on: abort
+        raise RuntimeError(str(exc)) from exc
+    if rank == 0:
+        summary = observer.closing_summary()
+        final_attrs = {"summary": json_dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                               for k, v in summary.items()}), "finished": _now()}
+        path = log.finish(final_attrs)
+        if sys.stderr.isatty() and not quiet:
+            sys.stderr.write("\n")
+        click.echo(format_summary(summary))
+        click.echo(f"log written to {path}")
+

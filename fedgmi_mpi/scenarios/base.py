@@ -1,0 +1,62 @@
+"""What a scenario is: clients holding train/test samples, plus truth kept for evaluation only."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ClientData:
+    """One client's samples. Pixel features are float32 in [0, 1]; labels are int64.
+
+    ``true_*`` fields are evaluation-only ground truth: algorithms must never read them while
+    training or initialising (tests scramble them and check the trained result is unchanged).
+    """
+
+    client_id: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    seen: bool = True  # False: an unseen client, which only ever runs E-steps (never trains)
+    true_components_train: np.ndarray | None = None
+    true_components_test: np.ndarray | None = None
+    true_proportions: np.ndarray | None = None  # the Dirichlet draw the client was sampled from
+
+    @property
+    def num_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    def actual_component_counts(self, num_components: int) -> np.ndarray | None:
+        """How many training samples the client actually holds from each true component."""
+        if self.true_components_train is None:
+            return None
+        return np.bincount(self.true_components_train, minlength=num_components).astype(np.float64)
+
+
+@dataclass
+class Scenario:
+    name: str
+    clients: list[ClientData]
+    num_components: int  # K: number of inherent distributions the algorithm fits
+    num_classes: int
+    input_dim: int
+    description: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def has_truth(self) -> bool:
+        return all(c.true_components_train is not None for c in self.clients)
+
+    def true_proportions(self) -> np.ndarray | None:
+        if any(c.true_proportions is None for c in self.clients):
+            return None
+        return np.stack([c.true_proportions for c in self.clients])
+
+    def actual_proportions(self) -> np.ndarray | None:
+        """Per-client fraction of training samples from each true component [clients, K]."""
+        if not self.has_truth:
+            return None
+        counts = np.stack([c.actual_component_counts(self.num_components) for c in self.clients])
+        return counts / counts.sum(axis=1, keepdims=True)
