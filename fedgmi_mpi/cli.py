@@ -63,12 +63,9 @@ def cli() -> None:
 @click.option("--quiet", is_flag=True, help="No progress lines (events and the summary still print).")
 def run(config_file: str | None, overrides: tuple[str, ...], out: str, overwrite: bool, quiet: bool) -> None:
     """Run FedGMI on a scenario (default: rotated digits) and log to OUT."""
-    from . import config as config_mod
-
-    config = config_mod.load(config_file, overrides)  # identical on every rank: fails everywhere or nowhere
     from .runtime.session import run_session
 
-    run_session(config, Path(out), overwrite=overwrite, quiet=quiet, command=" ".join(sys.argv))
+    run_session(config_file, overrides, Path(out), overwrite=overwrite, quiet=quiet, command=" ".join(sys.argv))
 
 
 @cli.command()
@@ -139,9 +136,15 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except UserError as exc:
+        # Every rank raises the same agreed error (see runtime.session), so all may finalize
+        # together: exit 2 without MPI_Abort's noise.
         if _rank() == 0:
             click.echo(f"error: {exc}", err=True)
         sys.stdout.flush()
+        if _world_size() > 1:
+            from mpi4py import MPI
+
+            MPI.Finalize()
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .. import compression, scenarios
+from .. import config as config_mod
 from ..algorithms import build as build_algorithm
 from ..analysis.summary import SUMMARY_FIELDS
 from ..config import Config
@@ -63,7 +64,9 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_session(config: Config, out: Path, overwrite: bool, quiet: bool, command: str) -> None:
+def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, overwrite: bool, quiet: bool,
+                command: str) -> None:
+    """Every UserError this raises is raised on all ranks alike (agreed before any other collective)."""
     MPI = mpi()
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -72,13 +75,15 @@ def run_session(config: Config, out: Path, overwrite: bool, quiet: bool, command
         raise UserError(
             f"the launcher started {expected} tasks but MPI sees a world of 1: mpi4py is not using the launcher's "
             "MPI (on Slurm try srun --mpi=pmi2, or rebuild mpi4py against the site MPI; see README)")
-    if config.runtime.threads_per_rank > 0:
-        torch.set_num_threads(config.runtime.threads_per_rank)
 
-    # Setup that may fail on some ranks only ends the job on all of them, with rank 0's message.
+    # Setup that may fail on some ranks only (a config file or data file missing on one node, an
+    # unwritable log on rank 0) ends the job on all of them, with the lowest rank's message.
     error, scenario, log, device = None, None, None, torch.device("cpu")
     node_rank = local_rank(comm) if size > 1 else 0
     try:
+        config = config_mod.load(config_file, overrides)
+        if config.runtime.threads_per_rank > 0:
+            torch.set_num_threads(config.runtime.threads_per_rank)
         scenario = scenarios.build(config)
         device = choose_device(config.runtime.device, node_rank) if (rank > 0 or size == 1) else torch.device("cpu")
         algorithm = build_algorithm(config, scenario, device)
@@ -108,8 +113,12 @@ def run_session(config: Config, out: Path, overwrite: bool, quiet: bool, command
         observer = Observer(log, scenario, config.algorithm.rounds, quiet=quiet)
     try:
         loop.run(algorithm, scenario, compression.build(config), transport, on_round=observer)
-    except UserError as exc:  # after setup a user error on one rank cannot be agreed on: abort
-        raise RuntimeError(str(exc)) from exc
+    except BaseException as exc:
+        if log is not None:
+            log.close()  # leave rank 0's partial log closed cleanly before the job is brought down
+        if isinstance(exc, UserError):  # after setup a user error on one rank cannot be agreed on: abort
+            raise RuntimeError(str(exc)) from exc
+        raise
     if rank == 0:
         summary = observer.closing_summary()
         final_attrs = {"summary": json_dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
