@@ -97,4 +97,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  rounds {summary['rounds']} ({summary['train_rounds']} training)   wall time {summary['wall_time_s']:.1f} s   "
         f"bytes down {summary['bytes_down_total'] / 2**20:.1f} MiB, up {summary['bytes_up_total'] / 2**20:.1f} MiB",
     ]
+    if "rank_cpu_s" in summary:
+        shares = ", ".join(f"{cpu / max(wall, 1e-9):.0%}" for wall, cpu in zip(summary["rank_wall_s"], summary["rank_cpu_s"]))
+        lines.append(f"  CPU busy per rank (rank 0 = server) {shares}")
     return "\n".join(lines)

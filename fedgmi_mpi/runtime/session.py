@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import sys
+import resource
+import time
 from pathlib import Path
 
 import click
@@ -50,6 +52,21 @@ def _create_log(config: Config, scenario, algorithm, out: Path, overwrite: bool,
         truth=truth, client_specs=client_specs, server_specs=algorithm.server_metric_specs(),
         summary_specs=_summary_specs(client_specs, scenario.num_components),
     )
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _gather_usage(comm, size: int, wall: float, cpu: float) -> np.ndarray:
+    """[ranks, 2] wall and CPU seconds of the round loop on each rank (on rank 0; what waiting costs)."""
+    mine = np.array([wall, cpu], dtype=np.float64)
+    if size == 1:
+        return mine[None]
+    everyone = np.zeros((size, 2)) if comm.Get_rank() == 0 else None
+    comm.Gather(mine, everyone, root=0)
+    return everyone
 
 
 def json_dumps(value) -> str:
@@ -111,6 +128,7 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
             click.echo(f"fedgmi {algorithm.name}: {scenario.description}; {len(scenario.clients)} clients on "
                        f"{hosted}; device {device if size == 1 else config.runtime.device}; log {out}", err=True)
         observer = Observer(log, scenario, config.algorithm.rounds, quiet=quiet)
+    wall_start, cpu_start = time.perf_counter(), _cpu_seconds()
     try:
         loop.run(algorithm, scenario, compression.build(config), transport, on_round=observer)
     except BaseException as exc:
@@ -119,8 +137,10 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
         if isinstance(exc, UserError):  # after setup a user error on one rank cannot be agreed on: abort
             raise RuntimeError(str(exc)) from exc
         raise
+    usage = _gather_usage(comm, size, time.perf_counter() - wall_start, _cpu_seconds() - cpu_start)
     if rank == 0:
         summary = observer.closing_summary()
+        summary["rank_wall_s"], summary["rank_cpu_s"] = usage[:, 0], usage[:, 1]
         final_attrs = {"summary": json_dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
                                                for k, v in summary.items()}), "finished": _now()}
         path = log.finish(final_attrs)
