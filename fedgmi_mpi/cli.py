@@ -135,11 +135,13 @@ def main() -> None:
     """Entry point: user errors exit 2 with one line; any other failure aborts every rank."""
     try:
         cli.main(standalone_mode=False)
-    except UserError as exc:
-        # Every rank raises the same agreed error (see runtime.session), so all may finalize
-        # together: exit 2 without MPI_Abort's noise.
+    except (UserError, click.ClickException) as exc:
+        # Every rank meets the same error (the same command line; runtime.session agrees on setup
+        # errors before any other collective), so all may finalize together: exit 2, no MPI_Abort.
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
         if _rank() == 0:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {message}{hint}", err=True)
         sys.stdout.flush()
         if _world_size() > 1:
             from mpi4py import MPI
@@ -149,10 +151,6 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         _abort_or_exit(130)
-    except click.ClickException as exc:
-        if _rank() == 0:
-            exc.show()
-        sys.exit(2)
     except SystemExit:
         raise
     except BaseException:  # noqa: BLE001 - anything else must take the whole job down

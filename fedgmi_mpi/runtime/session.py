@@ -21,6 +21,7 @@ from . import loop
 from .device import choose_device
 from .mpi import MPITransport, agree_on_errors, launched_tasks, local_rank, mpi
 from .observer import Observer, format_summary
+from .placement import client_workloads
 
 
 def _summary_specs(client_specs: dict, num_components: int) -> dict:
@@ -117,7 +118,8 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
         raise UserError(error)
 
     if size > 1:
-        workloads = [c.num_train + len(c.x_test) for c in scenario.clients]
+        workloads = client_workloads([c.num_train for c in scenario.clients], [len(c.x_test) for c in scenario.clients],
+                                     [c.seen for c in scenario.clients])
         transport = MPITransport(comm, list(algorithm.metric_specs()), workloads, config.runtime.poll_interval_ms)
     else:
         transport = loop.SerialTransport(len(scenario.clients))
