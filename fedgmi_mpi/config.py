@@ -93,26 +93,15 @@ def _coerce(key: str, value: Any, target_type: type) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise UserError(f"{key}: expected true or false, got {value!r}")
-    if target_type is int:
-        if isinstance(value, bool):
-            raise UserError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
+    if target_type in (int, float):
+        expected = "an integer" if target_type is int else "a number"
+        acceptable = (int, str) if target_type is int else (int, float, str)
+        if isinstance(value, acceptable) and not isinstance(value, bool):
             try:
-                return int(value)
+                return target_type(value)
             except ValueError:
                 pass
-        raise UserError(f"{key}: expected an integer, got {value!r}")
-    if target_type is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"{key}: expected a number, got {value!r}")
+        raise UserError(f"{key}: expected {expected}, got {value!r}")
     if target_type is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

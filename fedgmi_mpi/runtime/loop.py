@@ -82,17 +82,10 @@ def run(
         rows = np.full((len(transport.hosted), width), np.nan)
         for i, cid in enumerate(transport.hosted):
             upload = algorithm.client_update(broadcast, scenario.clients[cid], client_states[cid])
-            bytes_up = 0
-            if upload.sends:
-                if len(upload.weights) != n_rows or len(upload.statistics) != layout.statistics:
-                    raise ValueError(f"client {cid} uploaded {len(upload.weights)} weights / {len(upload.statistics)} "
-                                     f"statistics; the phase {broadcast.phase!r} expects {n_rows} / {layout.statistics}")
-                if n_rows:
-                    decoded, sent = compressor.roundtrip(upload.delta, channel_states[cid], broadcast.round, cid)
-                    local[: n_rows * row_size] += exact_sum.encode(upload.weights[:, None] * decoded, limit).ravel()
-                    bytes_up += sent
-                local[n_rows * row_size :] += exact_sum.encode(np.concatenate([upload.weights, upload.statistics]), limit)
-                bytes_up += 8 * (n_rows + layout.statistics)
+            try:
+                bytes_up = _add_upload(local, upload, layout, compressor, channel_states[cid], broadcast, cid, limit)
+            except OverflowError as exc:
+                raise OverflowError(f"client {cid}, {broadcast.phase} round {broadcast.round}: {exc}") from None
             for name, shape, lo, hi in columns:
                 if name in upload.metrics:
                     rows[i, lo:hi] = np.asarray(upload.metrics[name], dtype=np.float64).reshape(-1)
@@ -114,6 +107,25 @@ def run(
             metrics = {name: gathered[:, lo:hi].reshape(-1, *shape) for name, shape, lo, hi in columns}
             on_round(RoundRecord(broadcast, metrics, gathered[:, -2], gathered[:, -1], aggregated,
                                  time.perf_counter() - started))
+
+
+def _add_upload(local: np.ndarray, upload, layout: UploadLayout, compressor: Compressor, channel_state: Any,
+                broadcast: Broadcast, cid: int, limit: float) -> int:
+    """Add one client's upload, as the server would decode it, into the rank's fixed-point sum;
+    returns the bytes the client sent."""
+    if not upload.sends:
+        return 0
+    n_rows, row_size = layout.rows, layout.row_size
+    if len(upload.weights) != n_rows or len(upload.statistics) != layout.statistics:
+        raise ValueError(f"client {cid} uploaded {len(upload.weights)} weights / {len(upload.statistics)} "
+                         f"statistics; the phase {broadcast.phase!r} expects {n_rows} / {layout.statistics}")
+    bytes_up = 8 * (n_rows + layout.statistics)
+    if n_rows:
+        decoded, sent = compressor.roundtrip(upload.delta, channel_state, broadcast.round, cid)
+        local[: n_rows * row_size] += exact_sum.encode(upload.weights[:, None] * decoded, limit).ravel()
+        bytes_up += sent
+    local[n_rows * row_size :] += exact_sum.encode(np.concatenate([upload.weights, upload.statistics]), limit)
+    return bytes_up
 
 
 class SerialTransport:
