@@ -8,11 +8,7 @@ Exit codes: 0 success; 2 bad input (one line on stderr, nothing written or overw
 """
 from __future__ import annotations
 
-import json
-import platform
-import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -20,32 +16,7 @@ import click
 
 from . import __version__
 from .errors import UserError
-
-
-def _versions() -> dict[str, str]:
-    import h5py
-    import mpi4py
-    import numpy
-    import torch
-
-    return {"fedgmi_mpi": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
-            "mpi4py": mpi4py.__version__}
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _mpi_library() -> str:
-    from mpi4py import MPI
-
-    return MPI.Get_library_version().strip().splitlines()[0]
+from .provenance import mpi_library, versions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,9 +47,9 @@ def info() -> None:
 
     comm = MPI.COMM_WORLD
     if comm.Get_rank() == 0:
-        for key, value in _versions().items():
+        for key, value in versions().items():
             click.echo(f"{key:12s} {value}")
-        click.echo(f"{'mpi':12s} {_mpi_library()}")
+        click.echo(f"{'mpi':12s} {mpi_library()}")
         click.echo(f"{'mpi_version':12s} {'.'.join(map(str, MPI.Get_version()))}")
         click.echo(f"{'world_size':12s} {comm.Get_size()}")
         click.echo(f"{'threads':12s} torch intra-op {torch.get_num_threads()}")

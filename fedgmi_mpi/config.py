@@ -201,6 +201,7 @@ def validate(config: Config) -> None:
     _require(a.eval_every >= 0, "algorithm.eval_every must be >= 0")
     _require(0 <= a.collapse_fraction < 1, "algorithm.collapse_fraction must be in [0, 1)")
     _require(config.compression.name == "none", f"compression.name must be none, got {config.compression.name!r}")
-    _require(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "runtime.device must be auto, cpu, cuda or cuda:N")
+    _require(r.device in ("auto", "cpu", "cuda") or r.device.startswith("cuda:"),
+             "runtime.device must be auto, cpu, cuda or cuda:N")
     _require(r.threads_per_rank >= 0, "runtime.threads_per_rank must be >= 0")
     _require(r.poll_interval_ms >= 0, "runtime.poll_interval_ms must be >= 0")

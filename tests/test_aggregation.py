@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-from fedgmi_mpi import config as config_mod
 from fedgmi_mpi.algorithms.base import Aggregated, Broadcast, ClientUpload, UploadLayout, Summed, pack
 from fedgmi_mpi.algorithms.fedgmi import FedGMI, ServerState
 from fedgmi_mpi.compression.identity import Identity

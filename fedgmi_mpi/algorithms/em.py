@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.vae import MixtureVAE, ParamLayout
+from ..models.vae import MixtureVAE
 
 
 def responsibilities(log_likelihood: torch.Tensor, proportions: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,9 @@ def random_topics(restarts: int, num_topics: int, vocabulary: int, rng: np.rando
     return rng.dirichlet(np.ones(vocabulary), size=(restarts, num_topics))  # [R, K, M]
 
 
-def client_step(histogram: np.ndarray, topic_weights: np.ndarray, topics: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def client_step(
+    histogram: np.ndarray, topic_weights: np.ndarray, topics: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One EM step for one client.
 
     histogram [M] counts; topic_weights [R, K] (the client's current W rows, one per restart);

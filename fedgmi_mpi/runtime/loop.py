@@ -86,7 +86,7 @@ def run(
                 bytes_up = _add_upload(local, upload, layout, compressor, channel_states[cid], broadcast, cid, limit)
             except OverflowError as exc:
                 raise OverflowError(f"client {cid}, {broadcast.phase} round {broadcast.round}: {exc}") from None
-            for name, shape, lo, hi in columns:
+            for name, _, lo, hi in columns:
                 if name in upload.metrics:
                     rows[i, lo:hi] = np.asarray(upload.metrics[name], dtype=np.float64).reshape(-1)
             rows[i, -2:] = (broadcast.payload.nbytes, bytes_up)

@@ -17,6 +17,7 @@ from ..analysis.summary import SUMMARY_FIELDS
 from ..config import Config
 from ..errors import UserError
 from ..logs.hdf5 import RunLog
+from ..provenance import git_commit, mpi_library, versions
 from . import loop
 from .device import choose_device
 from .mpi import MPITransport, agree_on_errors, launched_tasks, local_rank, mpi
@@ -31,16 +32,14 @@ def _summary_specs(client_specs: dict, num_components: int) -> dict:
 
 
 def _create_log(config: Config, scenario, algorithm, out: Path, overwrite: bool, world_size: int, command: str) -> RunLog:
-    from ..cli import _git_commit, _mpi_library, _versions
-
     truth = {}
     if scenario.true_proportions() is not None:
         truth["true_proportions"] = scenario.true_proportions()
     if scenario.has_truth:
         truth["component_counts"] = np.stack([c.actual_component_counts(scenario.num_components) for c in scenario.clients])
     attrs = {
-        "config": config.to_json(), "seed": config.seed, "versions": json_dumps(_versions()),
-        "mpi_library": _mpi_library(), "world_size": world_size, "git_commit": _git_commit(),
+        "config": config.to_json(), "seed": config.seed, "versions": json_dumps(versions()),
+        "mpi_library": mpi_library(), "world_size": world_size, "git_commit": git_commit(),
         "created": _now(), "command": command, "scenario": scenario.description,
         "algorithm": algorithm.name, "compression": config.compression.name,
     }
