@@ -48,9 +48,12 @@ def test_three_ranks_write_a_complete_standard_log(tmp_path):
         assert np.all(f["rounds/bytes_down"][:] > 0)
         mass = f["train/server/responsibility_mass"][()]
         assert np.allclose(mass.sum(1), f["clients/num_train"][()][seen].sum())
-    if shutil.which("h5dump"):
+    if shutil.which("h5dump"):  # the file is standard HDF5: the reference tool reads it
         dump = subprocess.run(["h5dump", "-H", str(out)], capture_output=True, text=True, timeout=60)
-        assert dump.returncode == 0 and "/train/proportions" not in dump.stderr
+        assert dump.returncode == 0, dump.stderr
+        assert 'DATASET "proportions"' in dump.stdout and 'GROUP "train"' in dump.stdout
+    else:
+        print("h5dump not installed: standard-HDF5 check skipped (apt-get install hdf5-tools)")
 
 
 def test_results_do_not_depend_on_how_many_ranks_host_the_clients(tmp_path):

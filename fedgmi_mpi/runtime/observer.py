@@ -62,7 +62,9 @@ class Observer:
     def _progress(self, phase: str, record: RoundRecord, summary: dict[str, Any] | None) -> None:
         if self.quiet:
             return
-        text = f"[{phase:8s}] round {record.broadcast.round:4d}  train {self.train_rounds}/{self.total}"
+        done = int(20 * self.train_rounds / max(self.total, 1))
+        bar = "#" * done + "." * (20 - done)
+        text = f"[{phase:8s}] [{bar}] train {self.train_rounds}/{self.total}  round {record.broadcast.round:4d}"
         if summary is not None:
             text += (f"  MAE {summary['proportion_mae']:.4f}  assign {summary['assignment_accuracy']:.3f}"
                      f"  acc {summary['accuracy']:.3f}")
