@@ -67,7 +67,7 @@ def local_m_step(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = x.shape[0]
     for _ in range(epochs):
-        order = torch.randperm(n, generator=generator, device="cpu").to(x.device)
+        order = torch.randperm(n, generator=generator, device=generator.device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             w = weights[idx].T  # [K, B]
