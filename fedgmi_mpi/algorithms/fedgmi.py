@@ -234,16 +234,16 @@ class FedGMI:
         log_px, logits = self.model.iw_log_likelihood(x, samples, generator)
         return log_px.T, logits  # [N, K], [K, N, C]
 
-    def _metrics(self, client: ClientData, state: ClientState, log_px: torch.Tensor,
+    def _metrics(self, client: ClientData, state: ClientState, proportions: torch.Tensor, log_px: torch.Tensor,
                  responsibilities: torch.Tensor, test_samples: int, generator: torch.Generator) -> dict[str, np.ndarray]:
         test_log_px, test_logits = self._likelihoods(state.x_test, test_samples, generator)
-        predicted = em.predict_proba(test_log_px, test_logits, state.proportions).argmax(1)
+        predicted = em.predict_proba(test_log_px, test_logits, proportions).argmax(1)
         k = self.num_components
         confusion = np.zeros((k, k))
         if client.true_components_train is not None:  # evaluation only: never feeds back into training
             np.add.at(confusion, (client.true_components_train, responsibilities.argmax(1).cpu().numpy()), 1.0)
         return {
-            "proportions": state.proportions.cpu().numpy().astype(np.float64),
+            "proportions": proportions.cpu().numpy().astype(np.float64),
             "log_likelihood": log_px.mean(0).cpu().numpy().astype(np.float64),
             "accuracy": np.array((predicted == state.y_test).double().mean().item()),
             "confusion": confusion,
@@ -273,7 +273,7 @@ class FedGMI:
                 estep_ll = log_px + label_ll.squeeze(2).T
             state.proportions, resp = em.fit_proportions(estep_ll, state.proportions, self.cfg.proportion_iterations)
         with torch.no_grad():
-            metrics = self._metrics(client, state, log_px, resp, self.cfg.test_samples, generator)
+            metrics = self._metrics(client, state, state.proportions, log_px, resp, self.cfg.test_samples, generator)
         if not client.seen:
             return no_upload(metrics)
 
@@ -292,8 +292,7 @@ class FedGMI:
             log_px, _ = self._likelihoods(state.x, self.cfg.eval_samples, generator)
             uniform = torch.full((k,), 1.0 / k, device=self.device)
             proportions, resp = em.fit_proportions(log_px, uniform, EVAL_PROPORTION_ITERATIONS)
-            # Inference must not disturb training state: score with a copy of the client's state.
-            scored = ClientState(state.x, state.y, state.x_test, state.y_test, proportions)
-            metrics = self._metrics(client, scored, log_px, resp, self.cfg.eval_samples, generator)
+            # Inference leaves the client's training proportions alone.
+            metrics = self._metrics(client, state, proportions, log_px, resp, self.cfg.eval_samples, generator)
             metrics["mixture_log_likelihood"] = np.array(em.mixture_log_likelihood(log_px, proportions).mean().item())
         return no_upload(metrics)

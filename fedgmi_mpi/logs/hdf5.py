@@ -175,6 +175,11 @@ class RunLog:
             os.close(dir_fd)
         return self.out
 
+    def discard(self) -> None:
+        """Close and delete the partial file: the run never started."""
+        self.close()
+        partial_path(self.out).unlink(missing_ok=True)
+
     def close(self) -> None:
         if self.file.id.valid:
             self.file.close()

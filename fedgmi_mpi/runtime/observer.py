@@ -28,7 +28,6 @@ class Observer:
         self.train_rounds = 0
         self.rounds = 0
         self.last_phase = ""
-        self.last_train: dict[str, Any] | None = None
         self.last_evaluation: dict[str, Any] | None = None
         self.bytes_down = 0.0
         self.bytes_up = 0.0
@@ -47,7 +46,6 @@ class Observer:
             self._line(f"warning: {event}")
         if phase == "train":
             self.train_rounds += 1
-            self.last_train = summary
         elif phase == "evaluate":
             self.last_evaluation = summary
         self._progress(phase, record, summary)

@@ -1,8 +1,10 @@
 """One run from start to end on every rank: checks, scenario, transport, loop, log, summary."""
 from __future__ import annotations
 
-import sys
+import datetime
+import json
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -32,11 +34,8 @@ def _summary_specs(client_specs: dict, num_components: int) -> dict:
 
 
 def _create_log(config: Config, scenario, algorithm, out: Path, overwrite: bool, world_size: int, command: str) -> RunLog:
-    truth = {}
-    if scenario.true_proportions() is not None:
-        truth["true_proportions"] = scenario.true_proportions()
-    if scenario.has_truth:
-        truth["component_counts"] = np.stack([c.actual_component_counts(scenario.num_components) for c in scenario.clients])
+    truth = {name: value for name, value in (("true_proportions", scenario.true_proportions()),
+                                             ("component_counts", scenario.component_counts())) if value is not None}
     attrs = {
         "config": config.to_json(), "seed": config.seed, "versions": json_dumps(versions()),
         "mpi_library": mpi_library(), "world_size": world_size, "git_commit": git_commit(),
@@ -70,14 +69,10 @@ def _gather_usage(comm, size: int, wall: float, cpu: float) -> np.ndarray:
 
 
 def json_dumps(value) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True)
 
 
 def _now() -> str:
-    import datetime
-
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -112,8 +107,7 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
         error = agree_on_errors(comm, error)
     if error is not None:
         if log is not None:
-            log.close()
-            Path(str(log.out) + ".partial").unlink(missing_ok=True)
+            log.discard()
         raise UserError(error)
 
     if size > 1:

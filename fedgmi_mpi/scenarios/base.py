@@ -54,9 +54,13 @@ class Scenario:
             return None
         return np.stack([c.true_proportions for c in self.clients])
 
-    def actual_proportions(self) -> np.ndarray | None:
-        """Per-client fraction of training samples from each true component [clients, K]."""
+    def component_counts(self) -> np.ndarray | None:
+        """Per-client training samples from each true component [clients, K]."""
         if not self.has_truth:
             return None
-        counts = np.stack([c.actual_component_counts(self.num_components) for c in self.clients])
-        return counts / counts.sum(axis=1, keepdims=True)
+        return np.stack([c.actual_component_counts(self.num_components) for c in self.clients])
+
+    def actual_proportions(self) -> np.ndarray | None:
+        """Per-client fraction of training samples from each true component [clients, K]."""
+        counts = self.component_counts()
+        return None if counts is None else counts / counts.sum(axis=1, keepdims=True)
