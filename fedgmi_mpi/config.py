@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,10 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+
+# The compression methods (fedgmi_mpi/compression); listed here so the config can be checked
+# without importing torch.
+COMPRESSION_METHODS = ("none", "fp16", "bf16", "qsgd", "hadamard", "topk", "randk")
 
 
 @dataclass
@@ -60,7 +65,17 @@ class AlgorithmConfig:
 
 @dataclass
 class CompressionConfig:
-    name: str = "none"
+    # Budgets in bits per parameter of the whole model per training round; 32 = dense (float32 model,
+    # weights on top). Below 32: a hard cap on each client's upload / each broadcast, everything included.
+    uplink_bits: float = 32.0
+    downlink_bits: float = 32.0
+    uplink: str = "auto"  # auto | none | fp16 | bf16 | qsgd | hadamard | topk | randk
+    downlink: str = "auto"
+    error_feedback: str = "auto"  # uplink residuals: auto (on for biased methods: topk) | on | off
+    select_components: bool = True  # under a cap: skip components below selection_threshold, split the rest by mass
+    selection_threshold: float = 0.02  # share of a client's responsibility mass below which a component is not sent
+    value_bits: int = 8  # bits per value for topk and randk (1, 2, 4, 8, 16 or 32)
+    residual_dtype: str = "float16"  # storage of error-feedback residuals (float16 or float32)
 
 
 @dataclass
@@ -103,6 +118,8 @@ def _coerce(key: str, value: Any, target_type: type) -> Any:
                 pass
         raise UserError(f"{key}: expected {expected}, got {value!r}")
     if target_type is str:
+        if isinstance(value, bool) and key.endswith("error_feedback"):  # YAML reads on/off as booleans
+            return "on" if value else "off"
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise UserError(f"{key}: expected a string, got {value!r}")
@@ -200,7 +217,19 @@ def validate(config: Config) -> None:
     _require(a.topic_restarts >= 1 and a.topic_iterations >= 1, "algorithm.topic_restarts and topic_iterations must be >= 1")
     _require(a.eval_every >= 0, "algorithm.eval_every must be >= 0")
     _require(0 <= a.collapse_fraction < 1, "algorithm.collapse_fraction must be in [0, 1)")
-    _require(config.compression.name == "none", f"compression.name must be none, got {config.compression.name!r}")
+    c = config.compression
+    for direction in ("uplink", "downlink"):
+        bits = getattr(c, f"{direction}_bits")
+        _require(0 < bits <= 32 and math.isfinite(bits), f"compression.{direction}_bits must be in (0, 32], got {bits:g}")
+        method = getattr(c, direction)
+        _require(method in ("auto", *COMPRESSION_METHODS),
+                 f"compression.{direction} must be auto or one of {', '.join(COMPRESSION_METHODS)}, got {method!r}")
+    _require(c.error_feedback in ("auto", "on", "off"), f"compression.error_feedback must be auto, on or off, got {c.error_feedback!r}")
+    _require(0 <= c.selection_threshold < 1, "compression.selection_threshold must be in [0, 1)")
+    _require(c.value_bits in (1, 2, 4, 8, 16, 32), f"compression.value_bits must be 1, 2, 4, 8, 16 or 32, got {c.value_bits}")
+    _require(not (c.value_bits == 1 and "randk" in (c.uplink, c.downlink)),
+             "compression.value_bits=1 (signs with a mean magnitude) is biased: rand-k needs 2 or more")
+    _require(c.residual_dtype in ("float16", "float32"), f"compression.residual_dtype must be float16 or float32, got {c.residual_dtype!r}")
     _require(r.device in ("auto", "cpu", "cuda") or r.device.startswith("cuda:"),
              "runtime.device must be auto, cpu, cuda or cuda:N")
     _require(r.threads_per_rank >= 0, "runtime.threads_per_rank must be >= 0")

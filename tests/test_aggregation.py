@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from fedgmi_mpi.algorithms.base import Aggregated, Broadcast, ClientUpload, UploadLayout, Summed, pack
+from fedgmi_mpi import compression
+from fedgmi_mpi.algorithms.base import Aggregated, Broadcast, ClientUpload, ModelLayout, UploadLayout, Summed, pack
 from fedgmi_mpi.algorithms.fedgmi import FedGMI, ServerState
-from fedgmi_mpi.compression.identity import Identity
+from fedgmi_mpi.config import Config
 from fedgmi_mpi.runtime import exact_sum, loop
 from fedgmi_mpi.scenarios import rotated_digits
 
@@ -44,6 +45,12 @@ class _Recorder:
     def server_metric_specs(self):
         return {"only": {}}
 
+    def model_layout(self):
+        return ModelLayout(rows=2, row_size=3, segments=(3,), control_bytes=0)
+
+    def initial_model(self):
+        return np.zeros((2, 3), dtype=np.float32)
+
     def init_server(self):
         return 0
 
@@ -75,14 +82,15 @@ def test_round_loop_sums_weighted_deltas_exactly_and_counts_bytes():
     stats = [np.array([7.0]), np.array([-2.5]), None]
     algorithm = _Recorder(deltas, weights, stats)
     records = []
-    loop.run(algorithm, scenario, Identity(), loop.SerialTransport(3), on_round=records.append)
+    loop.run(algorithm, scenario, compression.build(Config(), algorithm), loop.SerialTransport(3),
+             on_round=records.append)
     expected = weights[0][:, None] * deltas[0].astype(np.float64) + weights[1][:, None] * deltas[1].astype(np.float64)
     assert np.allclose(algorithm.summed.weighted_delta, expected, atol=1e-9)
     assert algorithm.summed.weights.tolist() == [3.5, 4.25]
     assert algorithm.summed.statistics.tolist() == [4.5]
     (record,) = records
     assert record.client_metrics["value"].tolist() == [0.0, 10.0, 2.0]
-    payload_bytes = 4 * len(pack([np.zeros(3)]))
+    payload_bytes = 5 + 4 * len(pack([np.zeros(3)]))  # flags and length, then the float32 control values
     assert record.bytes_down.tolist() == [payload_bytes] * 3
     assert record.bytes_up.tolist() == [2 * 3 * 4 + 8 * 3] * 2 + [0]
 

@@ -3,7 +3,7 @@ import numpy as np
 
 from fedgmi_mpi import scenarios
 from fedgmi_mpi.algorithms.fedgmi import FedGMI
-from fedgmi_mpi.compression.identity import Identity
+from fedgmi_mpi import compression
 from fedgmi_mpi.runtime import loop
 
 
@@ -20,7 +20,9 @@ def _train(config, scramble: bool):
     def record(r):
         if r.broadcast.phase in ("train", "evaluate"):
             proportions.append(r.client_metrics["proportions"])
-    state = loop.run(FedGMI(config, scenario), scenario, Identity(), loop.SerialTransport(len(scenario.clients)), record)
+    algorithm = FedGMI(config, scenario)
+    state = loop.run(algorithm, scenario, compression.build(config, algorithm), loop.SerialTransport(len(scenario.clients)),
+                     record)
     return state, np.stack(proportions)
 
 

@@ -1,10 +1,17 @@
 """What an algorithm is, as the runtimes see it.
 
-A round: the server's ``configure`` produces one :class:`Broadcast` (a phase name and one flat
-float32 payload) that every client receives; each client's ``client_update`` returns one
-:class:`ClientUpload`; the runtime passes the compressible ``delta`` through the compressor, sums
-``weights * delta``, ``weights`` and ``statistics`` over clients, and the server's ``aggregate``
-consumes only those sums. Per-client ``metrics`` go to the log, never into aggregation.
+A round: the server's ``configure`` produces one :class:`Broadcast` (a phase name, a small flat
+float32 control payload and, where the phase needs it, the global model) that every client
+receives; each client's ``client_update`` returns one :class:`ClientUpload`; the runtime passes
+both through the compression channels (``compression.channel``), sums ``weights * delta``,
+``weights`` and ``statistics`` over clients as the server decodes them, and the server's
+``aggregate`` consumes only those sums. Per-client ``metrics`` go to the log, never into
+aggregation.
+
+Under a downlink budget, ``broadcast.model`` on the client side is the model the clients hold
+(the server's model as far as the compressed broadcasts have carried it), and a client's delta
+is taken against it; the server adds the aggregated delta to its own model. The algorithm does
+not need to know: with a dense downlink the two are the same.
 
 Algorithms never import MPI: everything here runs in one process (see runtime.serial).
 """
@@ -22,7 +29,24 @@ from ..scenarios.base import ClientData
 class Broadcast:
     phase: str
     round: int  # communication round index, counting every phase
-    payload: np.ndarray  # float32 [n]
+    payload: np.ndarray  # float32 [n]: control values, sent as they are
+    model: np.ndarray | None = None  # float32 [rows, row_size]: the global model, sent by the downlink channel
+    evaluation_only: bool = False  # True: clients use the model for this round only (inference), not as their new base
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """The shape of the model that travels, fixed for the run, for the compression channels."""
+
+    rows: int  # e.g. K components; the uplink's per-row weights say how much each row counts
+    row_size: int
+    segments: tuple[int, ...]  # sizes of the parameter tensors along a row (sum = row_size); codecs treat each apart
+    control_bytes: int  # the largest control payload a model broadcast carries (counts against the downlink cap)
+    statistics: int = 0  # exact statistics a client sends beside its model delta in a model round
+
+    @property
+    def parameters(self) -> int:
+        return self.rows * self.row_size
 
 
 @dataclass(frozen=True)
@@ -73,6 +97,11 @@ class Algorithm(Protocol):
     # log can create its datasets up front.
     def metric_specs(self) -> dict[str, dict[str, tuple[int, ...]]]: ...
     def server_metric_specs(self) -> dict[str, dict[str, tuple[int, ...]]]: ...
+
+    def model_layout(self) -> ModelLayout: ...
+    def initial_model(self) -> np.ndarray:
+        """float32 [rows, row_size], built from the seed alone: every party can build it, so it costs no bytes."""
+        ...
 
     def init_server(self) -> Any: ...
     def configure(self, state: Any) -> Broadcast | None: ...

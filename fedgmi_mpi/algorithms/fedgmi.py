@@ -30,7 +30,7 @@ from ..config import Config
 from ..models.vae import MixtureVAE, ParamLayout, VAEShape
 from ..scenarios.base import ClientData, Scenario
 from . import codebook, em, topics
-from .base import Aggregated, Broadcast, ClientUpload, Summed, UploadLayout, no_upload, pack, unpack
+from .base import Aggregated, Broadcast, ClientUpload, ModelLayout, Summed, UploadLayout, no_upload, pack, unpack
 
 EVAL_PROPORTION_ITERATIONS = 1000
 
@@ -100,10 +100,19 @@ class FedGMI:
             "evaluate": {},
         }
 
+    def model_layout(self) -> ModelLayout:
+        k = self.num_components
+        largest_control = pack([np.zeros(2), np.zeros((k, self.cfg.codebook_size))])  # warm-up: control + topics
+        return ModelLayout(rows=k, row_size=self.layout.per_component, segments=tuple(self.layout.sizes),
+                           control_bytes=4 * largest_control.size)
+
+    def initial_model(self) -> np.ndarray:
+        model = MixtureVAE(self.shape, generator=rngs.torch_generator(self.seed, rngs.SERVER, 0))
+        return ParamLayout(model).to_matrix(model).numpy().astype(np.float32)
+
     # ---- server -------------------------------------------------------------------------
     def init_server(self) -> ServerState:
-        model = MixtureVAE(self.shape, generator=rngs.torch_generator(self.seed, rngs.SERVER, 0))
-        params = ParamLayout(model).to_matrix(model).numpy().astype(np.float32)
+        params = self.initial_model()
         if self.cfg.init == "random":
             return ServerState(params=params, phase="train")
         return ServerState(
@@ -119,13 +128,13 @@ class FedGMI:
         due_eval = self.cfg.eval_every > 0 and state.train_round > 0 and state.train_round % self.cfg.eval_every == 0
         at_end = state.train_round >= self.cfg.rounds
         if (due_eval or at_end) and state.last_eval_train_round != state.train_round:
-            return Broadcast("evaluate", state.round, pack([state.params]))
+            return Broadcast("evaluate", state.round, pack([]), model=state.params, evaluation_only=True)
         if at_end:
             return None
         warmup = state.train_round < self.warmup_rounds
         control = np.array([float(warmup), float(state.best_restart)])
         best_topics = state.topics[state.best_restart] if warmup else np.zeros((0, 0))
-        return Broadcast("train", state.round, pack([control, best_topics, state.params]))
+        return Broadcast("train", state.round, pack([control, best_topics]), model=state.params)
 
     def upload_layout(self, broadcast: Broadcast) -> UploadLayout:
         if broadcast.phase == "codebook":
@@ -250,9 +259,9 @@ class FedGMI:
         }
 
     def _train_update(self, broadcast: Broadcast, client: ClientData, state: ClientState) -> ClientUpload:
-        control, best_topics, params = unpack(broadcast.payload)
+        control, best_topics = unpack(broadcast.payload)
         warmup, best_restart = bool(control[0]), int(control[1])
-        global_params = torch.as_tensor(params, device=self.device)
+        global_params = torch.as_tensor(broadcast.model, device=self.device)
         self.layout.load_matrix(self.model, global_params)
         generator = rngs.torch_generator(self.seed, rngs.CLIENT_TRAIN, client.client_id, broadcast.round, device=self.device)
 
@@ -284,8 +293,7 @@ class FedGMI:
         return ClientUpload(delta=delta, weights=mass, statistics=np.zeros(0), metrics=metrics)
 
     def _evaluate(self, broadcast: Broadcast, client: ClientData, state: ClientState) -> ClientUpload:
-        (params,) = unpack(broadcast.payload)
-        self.layout.load_matrix(self.model, torch.as_tensor(params, device=self.device))
+        self.layout.load_matrix(self.model, torch.as_tensor(broadcast.model, device=self.device))
         generator = rngs.torch_generator(self.seed, rngs.CLIENT_EVAL, client.client_id, broadcast.round, device=self.device)
         k = self.num_components
         with torch.no_grad():

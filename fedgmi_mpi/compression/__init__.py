@@ -1,9 +1,131 @@
+"""The communication budget: which codec each direction uses, the byte caps, and the channels.
+
+``compression.uplink_bits`` / ``downlink_bits`` are bits per parameter of the whole model per
+training round; 32 means dense (the float32 model, weights on top, no cap). Below 32 the cap is
+``ceil(bits * model_parameters / 8)`` bytes per client and round, everything included. A method of
+``auto`` takes the first of AUTO_ORDER that can carry every row of the model within the cap.
+"""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..algorithms.base import Algorithm, ModelLayout
 from ..config import Config
-from .base import Compressor
-from .identity import Identity
+from ..errors import UserError
+from .base import Codec
+from .casts import BFloat16, Float16, Float32
+from .channel import DOWNLINK_HEADER, Downlink, Plan, Segments, Uplink
+from .hadamard import RotationQuantiser
+from .qsgd import StochasticQuantiser
+from .randk import RandK
+from .topk import TopK
+
+DENSE_BITS = 32.0
+AUTO_ORDER = ("fp16", "hadamard")
 
 
-def build(config: Config) -> Compressor:
-    return {"none": Identity}[config.compression.name]()
+# One line per method; the names are checked by config.validate (config.COMPRESSION_METHODS).
+CODECS = {
+    "none": lambda value_bits: Float32(),
+    "fp16": lambda value_bits: Float16(),
+    "bf16": lambda value_bits: BFloat16(),
+    "qsgd": lambda value_bits: StochasticQuantiser(),
+    "hadamard": lambda value_bits: RotationQuantiser(),
+    "topk": TopK,
+    "randk": RandK,
+}
+
+
+def codec(method: str, value_bits: int) -> Codec:
+    return CODECS[method](value_bits)
+
+
+def cap_bytes(bits: float, layout: ModelLayout) -> int | None:
+    return None if bits >= DENSE_BITS else math.ceil(bits * layout.parameters / 8)
+
+
+def _fixed_rate(chosen: Codec, layout: ModelLayout) -> bool:
+    """Casts send a row whole or not at all: under a cap they must carry every row, or they would
+    silently drop components."""
+    return chosen.min_bytes(layout.row_size) == chosen.max_bytes(layout.row_size)
+
+
+def _fits(chosen: Codec, cap: int, header: int, layout: ModelLayout, all_rows: bool) -> bool:
+    plan = Plan(chosen, Segments.of(layout, whole=False))
+    need = layout.rows * plan.row_min if all_rows else plan.row_min
+    return cap - header >= need
+
+
+def _smallest_bits(chosen: Codec, header: int, layout: ModelLayout, all_rows: bool) -> float:
+    plan = Plan(chosen, Segments.of(layout, whole=False))
+    need = header + (layout.rows * plan.row_min if all_rows else plan.row_min)
+    return math.ceil(need * 8 / layout.parameters * 1e4) / 1e4  # rounded up: this many bits always fit
+
+
+def _resolve(direction: str, method: str, bits: float, value_bits: int, header: int, layout: ModelLayout,
+             all_rows: bool) -> tuple[Codec, int | None]:
+    """The codec and cap for one direction, or a UserError naming the smallest budget that works."""
+    key = f"compression.{direction}"
+    cap = cap_bytes(bits, layout)
+    if cap is None and method in ("auto", "none"):
+        return Float32(), None
+    if method == "none":
+        raise UserError(f"{key}=none sends the float32 model: it needs {direction}_bits=32, got {bits:g}")
+    cap = cap if cap is not None else math.ceil(bits * layout.parameters / 8)
+    candidates = [codec(m, value_bits) for m in (AUTO_ORDER if method == "auto" else (method,))]
+    for chosen in candidates:
+        if _fits(chosen, cap, header, layout, all_rows or _fixed_rate(chosen, layout)):
+            return chosen, cap
+    smallest = min(_smallest_bits(c, header, layout, all_rows or _fixed_rate(c, layout)) for c in candidates)
+    what = "every component and the control values" if direction == "downlink" else "the weights and one component"
+    raise UserError(f"compression.{direction}_bits={bits:g} is too small to send {what} of this model "
+                    f"({layout.parameters} parameters) with {method}: the smallest budget that works is {smallest:g}")
+
+
+@dataclass
+class Channels:
+    uplink: Uplink
+    downlink: Downlink
+    attributes: dict[str, Any]  # for the log's root attributes
+
+
+def build(config: Config, algorithm: Algorithm) -> Channels:
+    """Both channels for a run; raises UserError (before any work) for a budget that cannot work."""
+    c = config.compression
+    layout = algorithm.model_layout()
+    up_header = 4 * layout.rows + 8 * layout.statistics
+    up_codec, up_cap = _resolve("uplink", c.uplink, c.uplink_bits, c.value_bits, up_header, layout, all_rows=False)
+    down_header = DOWNLINK_HEADER + layout.control_bytes
+    down_codec, down_cap = _resolve("downlink", c.downlink, c.downlink_bits, c.value_bits, down_header, layout,
+                                    all_rows=True)
+    feedback = up_codec.biased if c.error_feedback == "auto" else c.error_feedback == "on"
+    uplink = Uplink(up_codec, layout, up_cap, config.seed, select=c.select_components,
+                    threshold=c.selection_threshold, error_feedback=feedback, residual_dtype=c.residual_dtype)
+    downlink = Downlink(down_codec, layout, down_cap, config.seed, algorithm.initial_model())
+
+    def detail(chosen: Codec, cap: int | None, header: int) -> str:
+        if cap is None:
+            return "dense float32"
+        plan = Plan(chosen, Segments.of(layout, whole=False))
+        _, rows = plan.rows(cap - header, np.ones(layout.rows), proportional=False)
+        largest = int(np.argmax(plan.segments.sizes))
+        budget = int(plan.segment_budgets(int(rows[0]))[largest])
+        return (f"{chosen.describe(plan.segments.sizes[largest], budget)} on the largest tensor when all "
+                f"{layout.rows} rows share the cap equally")
+
+    attributes = {
+        "model_parameters": layout.parameters,
+        "uplink_bits": c.uplink_bits, "downlink_bits": c.downlink_bits,
+        "uplink_method": up_codec.name, "downlink_method": down_codec.name,
+        "uplink_method_detail": detail(up_codec, up_cap, up_header),
+        "downlink_method_detail": detail(down_codec, down_cap, down_header),
+        "uplink_cap_bytes": -1 if up_cap is None else up_cap,
+        "downlink_cap_bytes": -1 if down_cap is None else down_cap,
+        "error_feedback": bool(feedback), "select_components": bool(uplink.select),
+        "selection_threshold": c.selection_threshold,
+    }
+    return Channels(uplink, downlink, attributes)

@@ -2,9 +2,10 @@
 
 Layout (see docs/hdf5-schema.md):
   /                    attrs: config (JSON), seed, versions (JSON), mpi_library, world_size,
-                       git_commit, schema_version, created, command
+                       git_commit, schema_version, created, command, the budget and methods
   /status              [1] int8: 0 running, 1 complete (readable while the run goes on)
-  /rounds/{phase, wall_time, bytes_down, bytes_up}    one row per communication round
+  /rounds/{phase, wall_time, bytes_down, bytes_up, downlink_cap, uplink_cap,
+           mpi_broadcast_bytes, mpi_reduce_bytes, mpi_gather_bytes}   one row per communication round
   /<phase>/round       communication round index of each row of this phase
   /<phase>/<metric>    [rows, clients, ...] per-client metrics the algorithm reports
   /<phase>/server/<m>  [rows, ...] server-side metrics
@@ -28,7 +29,21 @@ import numpy as np
 
 from ..errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MPI_COLLECTIVES = ("broadcast", "reduce", "gather")
+
+
+class CapExceeded(RuntimeError):
+    """A client's bytes in a round exceed the cap: the budget was broken, and the run must stop."""
+
+
+def check_caps(round_index: int, bytes_down: np.ndarray, bytes_up: np.ndarray, downlink_cap: int,
+               uplink_cap: int) -> None:
+    for direction, sent, cap in (("down", bytes_down, downlink_cap), ("up", bytes_up, uplink_cap)):
+        if cap >= 0 and np.nanmax(sent, initial=0) > cap:
+            client = int(np.nanargmax(sent))
+            raise CapExceeded(f"round {round_index}: client {client} moved {int(sent[client])} bytes {direction}, "
+                              f"over the cap of {cap}")
 
 
 def partial_path(out: Path) -> Path:
@@ -106,6 +121,12 @@ class RunLog:
         _growable(rounds, "wall_time", (), np.float64)
         _growable(rounds, "bytes_down", (num_clients,), np.int64)
         _growable(rounds, "bytes_up", (num_clients,), np.int64)
+        for direction in ("downlink", "uplink"):
+            _growable(rounds, f"{direction}_cap", (), np.int64)
+            rounds[f"{direction}_cap"].attrs["legend"] = "bytes a client may move this round; -1: no cap"
+        for collective in MPI_COLLECTIVES:
+            _growable(rounds, f"mpi_{collective}_bytes", (), np.int64)
+            rounds[f"mpi_{collective}_bytes"].attrs["legend"] = "bytes this MPI collective delivered; 0 serial"
         for phase in phases:
             group = file.create_group(phase)
             _growable(group, "round", (), np.int64)
@@ -132,12 +153,20 @@ class RunLog:
         client_metrics: dict[str, np.ndarray],
         server_metrics: dict[str, np.ndarray],
         summary: dict[str, Any] | None,
+        downlink_cap: int = -1,
+        uplink_cap: int = -1,
+        mpi_bytes: dict[str, int] | None = None,
     ) -> None:
+        check_caps(round_index, bytes_down, bytes_up, downlink_cap, uplink_cap)  # before anything is written
         f = self.file
         _append(f["rounds/phase"], self.phases.index(phase))
         _append(f["rounds/wall_time"], wall_time)
         _append(f["rounds/bytes_down"], np.nan_to_num(bytes_down).astype(np.int64))
         _append(f["rounds/bytes_up"], np.nan_to_num(bytes_up).astype(np.int64))
+        _append(f["rounds/downlink_cap"], downlink_cap)
+        _append(f["rounds/uplink_cap"], uplink_cap)
+        for collective in MPI_COLLECTIVES:
+            _append(f[f"rounds/mpi_{collective}_bytes"], (mpi_bytes or {}).get(collective, 0))
         group = f[phase]
         _append(group["round"], round_index)
         for name, values in client_metrics.items():

@@ -12,11 +12,11 @@ import time
 
 import numpy as np
 
-from ..algorithms.base import Broadcast
 from ..errors import UserError
+from .loop import COLLECTIVES, Message
 from .placement import assign_clients, order_of
 
-HEADER = 4  # stop flag, phase index, round, payload length
+HEADER = 4  # stop flag, phase index, round, message length
 MESSAGE_BYTES = 512
 
 
@@ -97,30 +97,34 @@ class MPITransport:
         self.hosted = [] if self.is_server else self.placement[self.rank - 1]
         self.num_clients = len(workloads)
         self.gather_order = order_of(self.placement)
+        self.moved = dict.fromkeys(COLLECTIVES, 0)  # bytes the last round's collectives delivered (rank 0's count)
 
-    def broadcast(self, broadcast: Broadcast | None) -> Broadcast | None:
+    def broadcast(self, message: Message | None) -> Message | None:
+        """The downlink channel's bytes, as they are, to every rank (one header, one byte buffer)."""
         MPI = mpi()
         header = np.zeros(HEADER, dtype=np.int64)
         if self.is_server:
-            if broadcast is None:
+            if message is None:
                 header[0] = 1
             else:
-                header[1:] = (self.phases.index(broadcast.phase), broadcast.round, broadcast.payload.size)
+                header[1:] = (self.phases.index(message.phase), message.round, message.data.size)
         wait(self.comm.Ibcast(header, root=0), self.max_sleep)
         if header[0]:
             return None
-        payload = broadcast.payload if self.is_server else np.empty(int(header[3]), dtype=np.float32)
-        payload = np.ascontiguousarray(payload, dtype=np.float32)
-        wait(self.comm.Ibcast([payload, MPI.FLOAT], root=0), self.max_sleep)
+        data = np.ascontiguousarray(message.data, dtype=np.uint8) if self.is_server else np.empty(int(header[3]), np.uint8)
+        wait(self.comm.Ibcast([data, MPI.BYTE], root=0), self.max_sleep)
+        self.moved["broadcast"] = (header.nbytes + data.nbytes) * (self.size - 1)
         if self.is_server:
-            return broadcast
-        return Broadcast(self.phases[int(header[1])], int(header[2]), payload)
+            return message
+        return Message(self.phases[int(header[1])], int(header[2]), data)
 
     def reduce_sum(self, local: np.ndarray) -> np.ndarray | None:
+        """One reduce of the int64 fixed-point sums; every worker sends a buffer of the same size."""
         MPI = mpi()
         total = np.zeros_like(local) if self.is_server else None
         wait(self.comm.Ireduce([local, MPI.INT64_T], [total, MPI.INT64_T] if self.is_server else None,
                                op=MPI.SUM, root=0), self.max_sleep)
+        self.moved["reduce"] = local.nbytes * (self.size - 1)
         return total
 
     def gather_rows(self, rows: np.ndarray) -> np.ndarray | None:
@@ -135,6 +139,7 @@ class MPITransport:
         received = np.empty((self.num_clients, width), dtype=np.float64)
         wait(self.comm.Igatherv([np.empty((0, width)), MPI.DOUBLE],
                                 [received, counts, displacements, MPI.DOUBLE], root=0), self.max_sleep)
+        self.moved["gather"] = received.nbytes
         ordered = np.empty_like(received)
         ordered[self.gather_order] = received
         return ordered

@@ -31,16 +31,22 @@ class Observer:
         self.last_evaluation: dict[str, Any] | None = None
         self.bytes_down = 0.0
         self.bytes_up = 0.0
+        self.train_bytes_down = 0.0
+        self.train_bytes_up = 0.0
 
     def __call__(self, record: RoundRecord) -> None:
         phase = record.broadcast.phase
         metrics = record.client_metrics
         summary = summarize(metrics, self.scenario) if phase in SCORED_PHASES and "confusion" in metrics else None
         self.log.write_round(phase, record.broadcast.round, record.wall_time, record.bytes_down, record.bytes_up,
-                             metrics, record.aggregated.metrics, summary)
+                             metrics, record.aggregated.metrics, summary, record.downlink_cap, record.uplink_cap,
+                             record.mpi_bytes)
         self.rounds += 1
         self.bytes_down += float(np.nansum(record.bytes_down))
         self.bytes_up += float(np.nansum(record.bytes_up))
+        if phase == "train":
+            self.train_bytes_down += float(np.nansum(record.bytes_down))
+            self.train_bytes_up += float(np.nansum(record.bytes_up))
         for event in record.aggregated.events:
             self.log.event(event)
             self._line(f"warning: {event}")
@@ -80,6 +86,7 @@ class Observer:
         final.update(
             wall_time_s=time.perf_counter() - self.started, rounds=self.rounds, train_rounds=self.train_rounds,
             bytes_down_total=self.bytes_down, bytes_up_total=self.bytes_up,
+            bytes_down_train=self.train_bytes_down, bytes_up_train=self.train_bytes_up,
         )
         return final
 
@@ -95,7 +102,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  sample-assignment accuracy        seen {fmt('assignment_accuracy')}   unseen {fmt('assignment_accuracy_unseen')}",
         f"  personalised test accuracy        seen {fmt('accuracy')}   unseen {fmt('accuracy_unseen')}",
         f"  rounds {summary['rounds']} ({summary['train_rounds']} training)   wall time {summary['wall_time_s']:.1f} s   "
-        f"bytes down {summary['bytes_down_total'] / 2**20:.1f} MiB, up {summary['bytes_up_total'] / 2**20:.1f} MiB",
+        f"bytes down {summary['bytes_down_total'] / 2**20:.1f} MiB, up {summary['bytes_up_total'] / 2**20:.1f} MiB "
+        f"(training rounds {summary['bytes_down_train'] / 2**20:.1f} / {summary['bytes_up_train'] / 2**20:.1f})",
     ]
     if "rank_cpu_s" in summary:
         shares = ", ".join(f"{cpu / max(wall, 1e-9):.0%}" for wall, cpu in zip(summary["rank_wall_s"], summary["rank_cpu_s"]))

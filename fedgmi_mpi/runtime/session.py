@@ -33,14 +33,15 @@ def _summary_specs(client_specs: dict, num_components: int) -> dict:
     return {phase: fields for phase, spec in client_specs.items() if "confusion" in spec}
 
 
-def _create_log(config: Config, scenario, algorithm, out: Path, overwrite: bool, world_size: int, command: str) -> RunLog:
+def _create_log(config: Config, scenario, algorithm, channels, out: Path, overwrite: bool, world_size: int,
+                command: str) -> RunLog:
     truth = {name: value for name, value in (("true_proportions", scenario.true_proportions()),
                                              ("component_counts", scenario.component_counts())) if value is not None}
     attrs = {
         "config": config.to_json(), "seed": config.seed, "versions": json_dumps(versions()),
         "mpi_library": mpi_library(), "world_size": world_size, "git_commit": git_commit(),
         "created": _now(), "command": command, "scenario": scenario.description,
-        "algorithm": algorithm.name, "compression": config.compression.name,
+        "algorithm": algorithm.name, **channels.attributes,
     }
     client_specs = algorithm.metric_specs()
     return RunLog.create(
@@ -99,8 +100,9 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
         scenario = scenarios.build(config)
         device = choose_device(config.runtime.device, node_rank) if (rank > 0 or size == 1) else torch.device("cpu")
         algorithm = build_algorithm(config, scenario, device)
+        channels = compression.build(config, algorithm)
         if rank == 0:
-            log = _create_log(config, scenario, algorithm, out, overwrite, size, command)
+            log = _create_log(config, scenario, algorithm, channels, out, overwrite, size, command)
     except UserError as exc:
         error = str(exc)
     if size > 1:
@@ -125,7 +127,7 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
         observer = Observer(log, scenario, config.algorithm.rounds, quiet=quiet)
     wall_start, cpu_start = time.perf_counter(), _cpu_seconds()
     try:
-        loop.run(algorithm, scenario, compression.build(config), transport, on_round=observer)
+        loop.run(algorithm, scenario, channels, transport, on_round=observer)
     except BaseException as exc:
         if log is not None:
             log.close()  # leave rank 0's partial log closed cleanly before the job is brought down
