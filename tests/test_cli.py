@@ -20,6 +20,9 @@ def _one_line_error(result, fragment):
     ("scenario.dirichlet_alpha=0", "scenario.dirichlet_alpha must be > 0"),
     ("runtime.device=tpu", "runtime.device"),
     ("scenario.name=npz", "scenario.path"),
+    ("compression.uplink_bits=0.0001", "the smallest budget that works is"),
+    ("compression.downlink_bits=64", "compression.downlink_bits must be in (0, 32]"),
+    ("compression.uplink=gzip", "compression.uplink must be auto or one of"),
 ])
 def test_bad_values_exit_2_with_one_line(tmp_path, override, fragment):
     _one_line_error(run_cli(["run", "--set", override, "--out", str(tmp_path / "x.h5")]), fragment)

@@ -1,5 +1,6 @@
 """End to end over real MPI (mpiexec from pip's MPICH): schema, determinism, failures, bad input."""
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -56,20 +57,54 @@ def test_three_ranks_write_a_complete_standard_log(tmp_path):
         print("h5dump not installed: standard-HDF5 check skipped (apt-get install hdf5-tools)")
 
 
-def test_results_do_not_depend_on_how_many_ranks_host_the_clients(tmp_path):
+# Compressed both ways, with per-client state (top-k error-feedback residuals) and shared-seed
+# randomness (Hadamard rotations) that must not depend on where a client runs.
+COMPRESSED = ["compression.uplink_bits=0.5", "compression.uplink=topk", "compression.downlink_bits=2"]
+
+
+@pytest.mark.parametrize("budget", [[], COMPRESSED], ids=["dense", "compressed"])
+def test_results_do_not_depend_on_how_many_ranks_host_the_clients(tmp_path, budget):
     outs = {}
     for ranks in (2, 3):
         outs[ranks] = tmp_path / f"n{ranks}.h5"
-        result = run_mpi(ranks, ["run", *small_args(), "--out", str(outs[ranks])])
+        result = run_mpi(ranks, ["run", *small_args(*budget), "--out", str(outs[ranks])])
         assert result.returncode == 0, result.stderr
     outs[1] = tmp_path / "serial.h5"
-    result = run_cli(["run", *small_args(), "--out", str(outs[1])])
+    result = run_cli(["run", *small_args(*budget), "--out", str(outs[1])])
     assert result.returncode == 0, result.stderr
     for name in ("train/proportions", "train/log_likelihood", "train/server/responsibility_mass",
-                 "evaluate/proportions", "evaluate/accuracy", "topics/server/topic_log_likelihood"):
+                 "evaluate/proportions", "evaluate/accuracy", "topics/server/topic_log_likelihood",
+                 "rounds/bytes_up", "rounds/bytes_down"):
         reference = _read(outs[1], name)
         for ranks in (2, 3):  # bitwise: per-client random streams and order-independent exact sums
             assert np.array_equal(_read(outs[ranks], name), reference, equal_nan=True), (name, ranks)
+
+
+def test_a_compressed_run_keeps_every_cap_and_its_broadcasts_shrink(tmp_path):
+    outs = {}
+    for label, budget in (("dense", []), ("compressed", ["compression.uplink_bits=0.25", "compression.downlink_bits=1"])):
+        outs[label] = tmp_path / f"{label}.h5"
+        result = run_mpi(3, ["run", *small_args(*budget), "--out", str(outs[label])])
+        assert result.returncode == 0, result.stderr
+    with h5py.File(outs["compressed"], "r") as f, h5py.File(outs["dense"], "r") as dense:
+        parameters = int(f.attrs["model_parameters"])
+        assert f.attrs["uplink_bits"] == 0.25 and f.attrs["downlink_bits"] == 1
+        assert f.attrs["uplink_method"] == "hadamard" and f.attrs["downlink_method"] == "hadamard"
+        assert f.attrs["uplink_cap_bytes"] == int(np.ceil(0.25 * parameters / 8))
+        phases = json.loads(f["rounds/phase"].attrs["phases"])
+        train = f["rounds/phase"][()] == phases.index("train")
+        up_cap, down_cap = f["rounds/uplink_cap"][()], f["rounds/downlink_cap"][()]
+        assert np.all(up_cap[train] == f.attrs["uplink_cap_bytes"]) and np.all(up_cap[~train] == -1)
+        assert np.all(f["rounds/bytes_up"][()][train] <= up_cap[train, None])  # what a reader checks
+        assert np.all(f["rounds/bytes_down"][()][train] <= down_cap[train, None])
+        assert f["rounds/bytes_up"][()][train].max() > 0.9 * f.attrs["uplink_cap_bytes"]  # the budget is used
+        # the real MPI broadcast carries the compressed bytes: 2 workers x (the message + a 32-byte header)
+        bcast = f["rounds/mpi_broadcast_bytes"][()][train]
+        assert np.all(bcast == 2 * (f["rounds/bytes_down"][()][train][:, 0] + 32))
+        assert np.median(dense["rounds/mpi_broadcast_bytes"][()][train]) > 25 * np.median(bcast)
+        # the reduce stays dense: int64 fixed-point sums of the decoded deltas and the weights, per worker
+        assert np.all(f["rounds/mpi_reduce_bytes"][()][train] == 2 * 8 * (parameters + 4))
+        assert np.all(f["rounds/mpi_gather_bytes"][()] > 0)
 
 
 @pytest.mark.parametrize("fail_rank,phase,launcher", [

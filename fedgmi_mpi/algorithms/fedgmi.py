@@ -124,7 +124,10 @@ class FedGMI:
         if state.phase == "codebook":
             return Broadcast("codebook", state.round, pack([state.codebook.centroids]))
         if state.phase == "topics":
-            return Broadcast("topics", state.round, pack([state.codebook.centroids, state.topics]))
+            # Clients turn their samples into codewords once, in the first topics round, and keep
+            # them: the (final) codebook travels only then.
+            centroids = state.codebook.centroids if state.topic_iteration == 0 else np.zeros((0, 0))
+            return Broadcast("topics", state.round, pack([centroids, state.topics]))
         due_eval = self.cfg.eval_every > 0 and state.train_round > 0 and state.train_round % self.cfg.eval_every == 0
         at_end = state.train_round >= self.cfg.rounds
         if (due_eval or at_end) and state.last_eval_train_round != state.train_round:
@@ -133,7 +136,9 @@ class FedGMI:
             return None
         warmup = state.train_round < self.warmup_rounds
         control = np.array([float(warmup), float(state.best_restart)])
-        best_topics = state.topics[state.best_restart] if warmup else np.zeros((0, 0))
+        # The initial responsibilities are computed once, in the first warm-up round: the topic
+        # table travels only then.
+        best_topics = state.topics[state.best_restart] if warmup and state.train_round == 0 else np.zeros((0, 0))
         return Broadcast("train", state.round, pack([control, best_topics]), model=state.params)
 
     def upload_layout(self, broadcast: Broadcast) -> UploadLayout:
@@ -232,6 +237,8 @@ class FedGMI:
             return no_upload()
         centroids, topic_words = unpack(broadcast.payload)
         if state.words is None:  # the codebook is final once the topics phase starts
+            if not centroids.size:
+                raise RuntimeError(f"client {client.client_id} missed the first topics round, which carries the codebook")
             state.words = codebook.nearest(client.x_train.astype(np.float64), centroids.astype(np.float64))
             state.histogram = np.bincount(state.words, minlength=len(centroids)).astype(np.float64)
             state.topic_weights = np.full(topic_words.shape[:2], 1.0 / topic_words.shape[1])
@@ -269,6 +276,8 @@ class FedGMI:
             log_px, logits = self._likelihoods(state.x, self.cfg.estep_samples, generator)
         if warmup and client.seen:
             if state.initial_responsibilities is None:
+                if not best_topics.size:
+                    raise RuntimeError(f"client {client.client_id} missed the first warm-up round, which carries the topics")
                 weights = state.topic_weights[best_restart]
                 state.initial_responsibilities = torch.as_tensor(
                     topics.initial_responsibilities(state.words, weights, best_topics.astype(np.float64)),

@@ -30,18 +30,19 @@ AUTO_ORDER = ("fp16", "hadamard")
 
 # One line per method; the names are checked by config.validate (config.COMPRESSION_METHODS).
 CODECS = {
-    "none": lambda value_bits: Float32(),
-    "fp16": lambda value_bits: Float16(),
-    "bf16": lambda value_bits: BFloat16(),
-    "qsgd": lambda value_bits: StochasticQuantiser(),
-    "hadamard": lambda value_bits: RotationQuantiser(),
+    "none": lambda value_bits, unbiased: Float32(unbiased),
+    "fp16": lambda value_bits, unbiased: Float16(unbiased),
+    "bf16": lambda value_bits, unbiased: BFloat16(unbiased),
+    "qsgd": lambda value_bits, unbiased: StochasticQuantiser(unbiased=unbiased),
+    "hadamard": lambda value_bits, unbiased: RotationQuantiser(unbiased),
     "topk": TopK,
     "randk": RandK,
 }
 
 
-def codec(method: str, value_bits: int) -> Codec:
-    return CODECS[method](value_bits)
+def codec(method: str, value_bits: int = 8, unbiased: bool = True) -> Codec:
+    """``unbiased``: the mode (see compression.base); error feedback and the downlink need False."""
+    return CODECS[method](value_bits, unbiased)
 
 
 def cap_bytes(bits: float, layout: ModelLayout) -> int | None:
@@ -67,7 +68,7 @@ def _smallest_bits(chosen: Codec, header: int, layout: ModelLayout, all_rows: bo
 
 
 def _resolve(direction: str, method: str, bits: float, value_bits: int, header: int, layout: ModelLayout,
-             all_rows: bool) -> tuple[Codec, int | None]:
+             all_rows: bool, unbiased: bool) -> tuple[Codec, int | None]:
     """The codec and cap for one direction, or a UserError naming the smallest budget that works."""
     key = f"compression.{direction}"
     cap = cap_bytes(bits, layout)
@@ -76,7 +77,7 @@ def _resolve(direction: str, method: str, bits: float, value_bits: int, header: 
     if method == "none":
         raise UserError(f"{key}=none sends the float32 model: it needs {direction}_bits=32, got {bits:g}")
     cap = cap if cap is not None else math.ceil(bits * layout.parameters / 8)
-    candidates = [codec(m, value_bits) for m in (AUTO_ORDER if method == "auto" else (method,))]
+    candidates = [codec(m, value_bits, unbiased) for m in (AUTO_ORDER if method == "auto" else (method,))]
     for chosen in candidates:
         if _fits(chosen, cap, header, layout, all_rows or _fixed_rate(chosen, layout)):
             return chosen, cap
@@ -98,11 +99,15 @@ def build(config: Config, algorithm: Algorithm) -> Channels:
     c = config.compression
     layout = algorithm.model_layout()
     up_header = 4 * layout.rows + 8 * layout.statistics
-    up_codec, up_cap = _resolve("uplink", c.uplink, c.uplink_bits, c.value_bits, up_header, layout, all_rows=False)
-    down_header = DOWNLINK_HEADER + layout.control_bytes
-    down_codec, down_cap = _resolve("downlink", c.downlink, c.downlink_bits, c.value_bits, down_header, layout,
-                                    all_rows=True)
+    up_codec, up_cap = _resolve("uplink", c.uplink, c.uplink_bits, c.value_bits, up_header, layout, all_rows=False,
+                                unbiased=True)
     feedback = up_codec.biased if c.error_feedback == "auto" else c.error_feedback == "on"
+    if feedback:  # a fed-back error must shrink every round: the contractive mode
+        up_codec = codec(up_codec.name, c.value_bits, unbiased=False)
+    down_header = DOWNLINK_HEADER + layout.control_bytes
+    # The replica of what clients hold feeds the downlink's error back every round: contractive too.
+    down_codec, down_cap = _resolve("downlink", c.downlink, c.downlink_bits, c.value_bits, down_header, layout,
+                                    all_rows=True, unbiased=False)
     uplink = Uplink(up_codec, layout, up_cap, config.seed, select=c.select_components,
                     threshold=c.selection_threshold, error_feedback=feedback, residual_dtype=c.residual_dtype)
     downlink = Downlink(down_codec, layout, down_cap, config.seed, algorithm.initial_model())

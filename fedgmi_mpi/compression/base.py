@@ -9,6 +9,12 @@ derives it too and nothing about it is sent. Shared randomness (rotations, rand-
 comes from ``shared``, drawn in the same order by sender and receiver; the sender's private
 randomness (stochastic rounding) from ``private``. A (row, segment) whose budget is below
 ``min_bytes`` is skipped by both sides and decodes to zeros.
+
+Two modes. *Unbiased* (E[decoded] = x): right where many clients' uploads are averaged and the
+errors cancel. *Contractive* (|decoded - x| < |x| always, least-squares scales, nearest rounding):
+required wherever the error is fed back - the uplink's error feedback and the downlink's replica -
+because feeding back an unbiased error of variance above |x|^2 (1-bit rounding, a 10 % subset)
+makes the residual grow every round instead of shrink.
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from .wire import Reader, Writer
 
 class Codec(Protocol):
     name: str
-    biased: bool  # True: converges only with error feedback (top-k)
+    biased: bool  # True: converges only with error feedback (top-k), whatever the mode
+    unbiased: bool  # the mode this instance encodes in
 
     def min_bytes(self, size: int) -> int:
         """The smallest budget with which a segment of ``size`` values is sent at all."""

@@ -30,6 +30,9 @@ class _Cast(SegmentCodec):
     width = 4  # bytes per value
     biased = False
 
+    def __init__(self, unbiased: bool = True):
+        self.unbiased = unbiased  # both modes are the same cast
+
     def min_bytes(self, size: int) -> int:
         return self.width * size
 

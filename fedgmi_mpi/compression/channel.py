@@ -201,12 +201,29 @@ class Uplink:
         return self.plan.rows(self.cap - self.header_bytes(statistics), wire_weights, self.select)
 
     def send(self, upload: ClientUpload, state: ClientChannel, client_id: int, round_index: int) -> Decoded:
+        """Serialise the upload, decode it as the server would, and keep what was not sent in the
+        client's residual (error feedback)."""
+        statistics = np.asarray(upload.statistics, dtype=np.float64)
+        if upload.delta is None:
+            data = self.encode(upload, state, client_id, round_index)[0]
+            return Decoded(np.zeros(0), None, Reader(data).array(len(statistics), np.float64), len(data))
+        data, intended, sent = self.encode(upload, state, client_id, round_index)
+        decoded = self.receive(data, client_id, round_index, len(statistics))
+        if self.error_feedback:
+            if state.residual is None:
+                state.residual = np.zeros((self.layout.rows, self.layout.row_size), dtype=self.residual_dtype)
+            state.residual[sent] = (intended - decoded.delta[sent]).astype(self.residual_dtype)
+        return decoded
+
+    def encode(self, upload: ClientUpload, state: ClientChannel, client_id: int,
+               round_index: int) -> tuple[bytes, np.ndarray | None, np.ndarray | None]:
+        """(the bytes on the wire, the rows the client meant to send with its residual added, which
+        rows those are). Leaves the client's state alone."""
         statistics = np.asarray(upload.statistics, dtype=np.float64)
         out = Writer()
         if upload.delta is None:
             out.array(statistics, np.float64)
-            data = out.getvalue()
-            return Decoded(np.zeros(0), None, Reader(data).array(len(statistics), np.float64), len(data))
+            return out.getvalue(), None, None
         shared, private = _streams(self.seed, UP, client_id, round_index)
         wire = self._weights_on_wire(upload.weights)
         sent, budgets = self._row_budgets(wire, len(statistics))
@@ -215,8 +232,7 @@ class Uplink:
         if delta.shape != (self.layout.rows, self.layout.row_size):
             raise ValueError(f"client {client_id} uploaded a delta of shape {delta.shape}; the model is "
                              f"{(self.layout.rows, self.layout.row_size)}")
-        carries = self.error_feedback
-        if carries and state.residual is not None:
+        if self.error_feedback and state.residual is not None:
             intended = delta[sent] + state.residual[sent].astype(np.float32)
         else:
             intended = delta[sent]
@@ -227,12 +243,7 @@ class Uplink:
         if self.cap is not None and len(data) > self.cap:
             raise BudgetError(f"client {client_id} round {round_index}: upload of {len(data)} bytes exceeds its cap "
                               f"of {self.cap}")
-        decoded = self.receive(data, client_id, round_index, len(statistics))
-        if carries:
-            if state.residual is None:
-                state.residual = np.zeros(delta.shape, dtype=self.residual_dtype)
-            state.residual[sent] = (intended - decoded.delta[sent]).astype(self.residual_dtype)
-        return decoded
+        return data, intended, sent
 
     def receive(self, data: bytes, client_id: int, round_index: int, statistics: int) -> Decoded:
         """What the server reconstructs from a client's bytes."""

@@ -5,11 +5,13 @@ chunks (its binary expansion, at most 2**14 each). Each chunk is rotated by a ra
 signs D drawn from the stream sender and receiver share (nothing is sent for them), then the fast
 Walsh-Hadamard transform, done as two small matrix products (H_m = H_a kron H_b). The rotated
 coordinates are close to Gaussian whatever x looked like, so one Lloyd-Max quantiser for N(0, 1)
-suits them all. Per chunk the sender sends one float32 scale S = |y_s|^2 / <y_s, levels> * m / n_s
-and b-bit codes of n_s of its rotated coordinates y_s; the receiver puts S * levels there, zeros
-elsewhere, and rotates back (H is its own inverse up to 1/m). The scale makes the estimate
-unbiased; with n_s < m the subset is a fixed, evenly strided one, which the random signs already
-make unbiased (E_D[D H^T P H D] = (n_s / m) I for any coordinate subset P).
+suits them all. Per chunk the sender sends one float32 scale S and b-bit codes of n_s of its
+rotated coordinates y_s; the receiver puts S * levels there, zeros elsewhere, and rotates back (H
+is its own inverse up to 1/m). Unbiased mode: S = |y_s|^2 / <y_s, levels> * m / n_s (EDEN's
+scale); with n_s < m the subset is a fixed, evenly strided one, which the random signs already
+make unbiased (E_D[D H^T P H D] = (n_s / m) I for any coordinate subset P). Contractive mode:
+S = <y_s, levels> / |levels|^2, the least-squares fit (DRIVE's biased scale), whose error is below
+|x| whatever the budget.
 
 The plan for a row - b and how many coordinates - minimises the predicted error
 (1 + e_b) / p - 1, e_b the unbiased Lloyd-Max error of b bits and p the fraction sent: 1 bit on a
@@ -76,8 +78,10 @@ def _signs(shared: np.random.Generator, rows: int, padded: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4096)
-def plan(size: int, budget: int) -> tuple[int, tuple[int, ...]]:
-    """(bits per sent coordinate, coordinates sent in each chunk) for a row of ``size`` values."""
+def plan(size: int, budget: int, unbiased: bool = True) -> tuple[int, tuple[int, ...]]:
+    """(bits per sent coordinate, coordinates sent in each chunk) for a row of ``size`` values,
+    the one with the least predicted error: (1 + e_b) / p - 1 unbiased, 1 - p + p D_b contractive
+    (e_b = D_b / (1 - D_b), D_b the Lloyd-Max distortion, p the fraction of coordinates sent)."""
     chunks = chunk_sizes(size)
     total = sum(chunks)
     spare = 8 * (budget - 4 * len(chunks))
@@ -85,18 +89,22 @@ def plan(size: int, budget: int) -> tuple[int, tuple[int, ...]]:
     for bits in range(1, MAX_BITS + 1):
         count = min(total, spare // bits)
         if count > 0:
-            error = (1 + quantize.gaussian_error(bits)) * total / count - 1
+            unbiased_error = quantize.gaussian_error(bits)
+            if unbiased:
+                error = (1 + unbiased_error) * total / count - 1
+            else:
+                error = 1 - count / total * (1 - unbiased_error / (1 + unbiased_error))
             best = min(best, (error, bits, count))
     _, bits, count = best
     return bits, tuple(chunks) if count == total else tuple(count * m // total for m in chunks)
 
 
 @functools.lru_cache(maxsize=4096)
-def _selection(size: int, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _selection(size: int, budget: int, unbiased: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Where a row's sent coordinates lie: (positions in the padded row, active-chunk index of each,
     the active chunks, their m / count factors). The subset of each chunk is evenly strided."""
     chunks = chunk_sizes(size)
-    _, counts = plan(size, budget)
+    _, counts = plan(size, budget, unbiased)
     starts = np.concatenate([[0], np.cumsum(chunks)[:-1]])
     active = np.array([j for j, c in enumerate(counts) if c], dtype=np.int64)
     positions = np.concatenate([starts[j] + (np.arange(counts[j], dtype=np.int64) * chunks[j]) // counts[j]
@@ -144,61 +152,97 @@ def _rotate(padded: np.ndarray, layout: _Layout) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _min_bytes(size: int, unbiased: bool) -> int:
+    """Enough for at least one coordinate of the largest chunk."""
+    chunks = chunk_sizes(size)
+    return next(b for b in range(4 * len(chunks), 12 * len(chunks) + 2) if plan(size, b, unbiased)[1][0] > 0)
+
+
+@dataclass
+class _Sent:
+    """The coordinates a message sends, grouped by bits per coordinate: flat positions in the
+    rotated [rows, total] array, and for each the index of its chunk among all sent chunks."""
+
+    chunks: int  # sent chunks, over every (segment, row) in wire order
+    factor: np.ndarray  # [chunks] m / coordinates sent, for the unbiased scale
+    groups: list[tuple[int, np.ndarray, np.ndarray]]  # (bits, positions, chunk index), bits ascending
+
+
 class RotationQuantiser:
     name = "hadamard"
     biased = False
 
-    @functools.lru_cache(maxsize=256)
+    def __init__(self, unbiased: bool = True):
+        self.unbiased = unbiased
+
     def min_bytes(self, size: int) -> int:
-        chunks = chunk_sizes(size)
-        # enough for at least one coordinate of the largest chunk
-        return next(b for b in range(4 * len(chunks), 4 * len(chunks) + 8 * len(chunks) + 2) if plan(size, b)[1][0] > 0)
+        return _min_bytes(size, self.unbiased)
 
     def max_bytes(self, size: int) -> int:
         chunks = chunk_sizes(size)
         return 4 * len(chunks) + sum(chunks) * MAX_BITS // 8
 
+    def _sent(self, sizes: tuple[int, ...], budgets: np.ndarray, layout: _Layout) -> _Sent:
+        by_bits: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        factors, chunks = [], 0
+        for j, size in enumerate(sizes):  # wire order: segment by segment, row by row
+            for i, budget in enumerate(budgets[:, j]):
+                if budget < self.min_bytes(size):
+                    continue
+                bits, _ = plan(size, int(budget), self.unbiased)
+                positions, owner, active, factor = _selection(size, int(budget), self.unbiased)
+                group = by_bits.setdefault(bits, ([], []))
+                group[0].append(i * layout.total + layout.places[j][positions])
+                group[1].append(owner + chunks)
+                factors.append(factor)
+                chunks += len(active)
+        groups = [(bits, np.concatenate(p), np.concatenate(o)) for bits, (p, o) in sorted(by_bits.items())]
+        return _Sent(chunks, np.concatenate(factors) if factors else np.zeros(0), groups)
+
     def encode(self, pieces: list[np.ndarray], budgets: np.ndarray, shared: np.random.Generator,
                private: np.random.Generator, out: Writer) -> None:
+        """Wire: one float32 scale per sent chunk (wire order), then the codes of each bit width."""
         sizes = tuple(piece.shape[1] for piece in pieces)
         layout = _layout(sizes)
         padded = np.zeros((len(budgets), layout.total), dtype=np.float32)
         padded[:, layout.values] = np.concatenate(pieces, axis=1)
-        rotated = _rotate(padded * _signs(shared, len(budgets), layout.total), layout)
-        for j, size in enumerate(sizes):
-            for i, budget in enumerate(budgets[:, j]):
-                if budget < self.min_bytes(size):
-                    continue
-                bits, _ = plan(size, int(budget))
-                positions, owner, active, factor = _selection(size, int(budget))
-                y = rotated[i, layout.places[j][positions]].astype(np.float64)
-                norm2 = np.bincount(owner, weights=y * y, minlength=len(active))
-                sigma = np.sqrt(norm2 / np.bincount(owner, minlength=len(active)))
-                code = quantize.gaussian_codes(y / np.where(sigma > 0, sigma, 1.0)[owner], bits)
-                projection = np.bincount(owner, weights=y * quantize.gaussian_levels(bits)[code], minlength=len(active))
-                scales = np.divide(norm2 * factor, projection, out=np.zeros(len(active)), where=projection > 0)
-                out.array(scales, np.float32)
-                out.bits(code, bits)
+        rotated = _rotate(padded * _signs(shared, len(budgets), layout.total), layout).ravel()
+        sent = self._sent(sizes, budgets, layout)
+        scales, codes = np.zeros(sent.chunks), []
+        for bits, positions, chunk in sent.groups:
+            y = rotated[positions].astype(np.float64)
+            norm2 = np.bincount(chunk, weights=y * y, minlength=sent.chunks)
+            count = np.bincount(chunk, minlength=sent.chunks)
+            sigma = np.sqrt(np.divide(norm2, count, out=np.zeros(sent.chunks), where=count > 0))
+            code = quantize.gaussian_codes(y / np.where(sigma > 0, sigma, 1.0)[chunk], bits)
+            levels = quantize.gaussian_levels(bits)[code]
+            projection = np.bincount(chunk, weights=y * levels, minlength=sent.chunks)
+            if self.unbiased:
+                fitted = np.divide(norm2 * sent.factor, projection, out=np.zeros(sent.chunks), where=projection > 0)
+            else:
+                energy = np.bincount(chunk, weights=levels * levels, minlength=sent.chunks)
+                fitted = np.divide(projection, energy, out=np.zeros(sent.chunks), where=projection > 0)
+            scales[count > 0] = fitted[count > 0]
+            codes.append((code, bits))
+        out.array(scales, np.float32)
+        for code, bits in codes:
+            out.bits(code, bits)
 
     def decode(self, sizes: tuple[int, ...], budgets: np.ndarray, shared: np.random.Generator,
                src: Reader) -> list[np.ndarray]:
         layout = _layout(sizes)
         signs = _signs(shared, len(budgets), layout.total)
-        rotated = np.zeros((len(budgets), layout.total), dtype=np.float32)
-        for j, size in enumerate(sizes):
-            for i, budget in enumerate(budgets[:, j]):
-                if budget < self.min_bytes(size):
-                    continue
-                bits, _ = plan(size, int(budget))
-                positions, owner, active, _ = _selection(size, int(budget))
-                scales = src.array(len(active), np.float32).astype(np.float64)
-                codes = src.bits(len(positions), bits)
-                rotated[i, layout.places[j][positions]] = scales[owner] * quantize.gaussian_levels(bits)[codes]
-        restored = (_rotate(rotated, layout) * signs)[:, layout.values]
+        sent = self._sent(sizes, budgets, layout)
+        scales = src.array(sent.chunks, np.float32).astype(np.float64)
+        rotated = np.zeros(len(budgets) * layout.total, dtype=np.float32)
+        for bits, positions, chunk in sent.groups:
+            rotated[positions] = scales[chunk] * quantize.gaussian_levels(bits)[src.bits(len(positions), bits)]
+        restored = (_rotate(rotated.reshape(len(budgets), -1), layout) * signs)[:, layout.values]
         return np.split(restored, np.cumsum(sizes)[:-1], axis=1)
 
     def describe(self, size: int, budget: int) -> str:
-        bits, counts = plan(size, budget)
+        bits, counts = plan(size, budget, self.unbiased)
         total = sum(chunk_sizes(size))
         if sum(counts) == total:
             return f"hadamard rotation, {bits}-bit"

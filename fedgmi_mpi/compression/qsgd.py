@@ -1,8 +1,9 @@
 """Stochastic b-bit quantisation with one scale per block (QSGD-like, Alistarh et al. 2017).
 
-Each block of ``block`` values sends its largest magnitude as a float32 scale and every value as a
-b-bit code on the uniform grid over [-scale, scale], rounded stochastically: unbiased. b is the
-largest of 1..8 that fits the budget.
+Each block of ``block`` values sends a float32 scale and every value as a b-bit code on the
+uniform grid over [-max, max] (max: the block's largest magnitude). Unbiased mode: stochastic
+rounding, scale = max. Contractive mode: nearest rounding, and the scale that fits the block best
+in least squares (never worse than sending zeros). b is the largest of 1..8 that fits the budget.
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ class StochasticQuantiser(SegmentCodec):
     name = "qsgd"
     biased = False
 
-    def __init__(self, block: int = 512):
+    def __init__(self, block: int = 512, unbiased: bool = True):
         self.block = block
+        self.unbiased = unbiased
 
     def _blocks(self, size: int) -> int:
         return -(-size // self.block)
@@ -42,8 +44,13 @@ class StochasticQuantiser(SegmentCodec):
         blocks[:size] = row
         blocks = blocks.reshape(-1, self.block)
         scales = np.abs(blocks).max(1).astype(np.float32)
+        codes = quantize.uniform_codes(blocks, scales[:, None], bits, private if self.unbiased else None)
+        if not self.unbiased:
+            grid = quantize.uniform_values(codes, 1.0, bits)
+            fit = np.einsum("ij,ij->i", grid, blocks.astype(np.float64))
+            scales = np.divide(fit, np.einsum("ij,ij->i", grid, grid), out=np.zeros(len(grid)), where=fit > 0)
         out.array(scales, np.float32)
-        out.bits(quantize.uniform_codes(blocks, scales[:, None], bits, private).ravel()[:size], bits)
+        out.bits(codes.ravel()[:size], bits)
 
     def decode_row(self, size: int, budget: int, shared: np.random.Generator, src: Reader) -> np.ndarray:
         bits = self.bits(size, budget)

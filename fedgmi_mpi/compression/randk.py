@@ -1,6 +1,7 @@
 """Rand-k sparsification: each row sends k values at coordinates drawn from the stream sender and
-receiver share (a per-client, per-round seed), so no indices travel. Values are quantised
-stochastically at ``value_bits`` and the receiver scales them by n / k: unbiased."""
+receiver share (a per-client, per-round seed), so no indices travel. Unbiased mode: values
+quantised stochastically at ``value_bits`` and scaled by n / k at the receiver. Contractive mode:
+nearest rounding, no rescaling (the error is then the unsent coordinates, below |x|)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,10 +15,11 @@ class RandK(SegmentCodec):
     name = "randk"
     biased = False
 
-    def __init__(self, value_bits: int = 8):
+    def __init__(self, value_bits: int = 8, unbiased: bool = True):
         if value_bits not in VALUE_BITS or value_bits == 1:  # a sign with a mean-magnitude scale is biased
             raise ValueError("rand-k value_bits must be one of 2, 4, 8, 16, 32")
         self.value_bits = value_bits
+        self.unbiased = unbiased
 
     def k(self, size: int, budget: int) -> int:
         fixed = value_bytes(0, self.value_bits)
@@ -35,12 +37,13 @@ class RandK(SegmentCodec):
     def encode_row(self, row: np.ndarray, budget: int, shared: np.random.Generator,
                    private: np.random.Generator, out: Writer) -> None:
         chosen = self._indices(shared, len(row), self.k(len(row), budget))
-        write_values(out, row[chosen], self.value_bits, private)
+        write_values(out, row[chosen], self.value_bits, private if self.unbiased else None)
 
     def decode_row(self, size: int, budget: int, shared: np.random.Generator, src: Reader) -> np.ndarray:
         k = self.k(size, budget)
         out = np.zeros(size, dtype=np.float32)
-        out[self._indices(shared, size, k)] = read_values(src, k, self.value_bits) * np.float32(size / k)
+        scale = np.float32(size / k) if self.unbiased else np.float32(1)
+        out[self._indices(shared, size, k)] = read_values(src, k, self.value_bits) * scale
         return out
 
     def describe(self, size: int, budget: int) -> str:

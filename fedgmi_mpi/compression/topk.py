@@ -18,7 +18,9 @@ class TopK(SegmentCodec):
     name = "topk"
     biased = True
 
-    def __init__(self, value_bits: int = 8):
+    unbiased = False  # in either mode: it keeps the largest values and drops the rest
+
+    def __init__(self, value_bits: int = 8, unbiased: bool = True):
         if value_bits not in VALUE_BITS:
             raise ValueError(f"value_bits must be one of {VALUE_BITS}")
         self.value_bits = value_bits
