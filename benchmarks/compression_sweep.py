@@ -75,6 +75,7 @@ def read(path: Path) -> dict:
             "bcast_per_round": float(np.median(bcast[train])) if train.any() else float("nan"),
             "methods": f"{f.attrs['uplink_method']} / {f.attrs['downlink_method']}",
             "wall": summary["wall_time_s"],
+            "round_s": float(np.median(f["rounds/wall_time"][()][train])),
         }
 
 
@@ -85,14 +86,14 @@ def mib(value: float) -> str:
 def table(rows: list[tuple[str, dict]]) -> str:
     dense = next((r for label, r in rows if label == "up 32"), None)
     head = ("| run | MAE | assignment | accuracy | up MiB/client (train / all) | down MiB/client (train / all) "
-            "| largest upload / cap | MPI bcast per train round | methods up / down | wall s |")
+            "| largest upload / cap | MPI bcast per train round | methods up / down | s per train round | wall s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for label, r in rows:
         cap = "dense" if r["up_cap"] < 0 else f"{r['max_up']} / {r['up_cap']}"
         lines.append(
             f"| {label} | {r['mae']:.4f} | {r['assign']:.4f} | {r['acc']:.4f} | {mib(r['up_train'])} / {mib(r['up_all'])} "
             f"| {mib(r['down_train'])} / {mib(r['down_all'])} | {cap} | {r['bcast_per_round'] / 1024:.1f} KiB "
-            f"| {r['methods']} | {r['wall']:.0f} |")
+            f"| {r['methods']} | {r['round_s']:.2f} | {r['wall']:.0f} |")
     if dense is not None:
         lines.append("")
         lines.append(f"Against `up 32` (dense): margins are MAE - {dense['mae']:.4f} and accuracy - {dense['acc']:.4f}.")
@@ -100,7 +101,8 @@ def table(rows: list[tuple[str, dict]]) -> str:
             if label != "up 32":
                 lines.append(f"- {label}: MAE {r['mae'] - dense['mae']:+.4f}, accuracy {100 * (r['acc'] - dense['acc']):+.2f} "
                              f"points, training uplink {dense['up_train'] / max(r['up_train'], 1):.0f}x less, "
-                             f"downlink {dense['down_train'] / max(r['down_train'], 1):.0f}x less")
+                             f"downlink {dense['down_train'] / max(r['down_train'], 1):.0f}x less, "
+                             f"{r['round_s'] / dense['round_s']:.2f}x the dense time per training round")
     return "\n".join(lines)
 
 
@@ -112,7 +114,8 @@ def main() -> None:
                         help="applied to every run (e.g. seed=1, or a shorter recipe)")
     parser.add_argument("--only", action="append", default=[], metavar="LABEL", help="run just these rows")
     parser.add_argument("--row", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
-                        help="a row of your own (repeatable), e.g. 'topk 0.25:compression.uplink_bits=0.25,compression.uplink=topk'")
+                        help="a row of your own (repeatable), "
+                             "e.g. 'topk 0.25:compression.uplink_bits=0.25,compression.uplink=topk'")
     parser.add_argument("--list", action="store_true", help="print the rows and exit")
     args = parser.parse_args()
     if args.list:

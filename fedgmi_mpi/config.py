@@ -224,12 +224,14 @@ def validate(config: Config) -> None:
         method = getattr(c, direction)
         _require(method in ("auto", *COMPRESSION_METHODS),
                  f"compression.{direction} must be auto or one of {', '.join(COMPRESSION_METHODS)}, got {method!r}")
-    _require(c.error_feedback in ("auto", "on", "off"), f"compression.error_feedback must be auto, on or off, got {c.error_feedback!r}")
+    _require(c.error_feedback in ("auto", "on", "off"),
+             f"compression.error_feedback must be auto, on or off, got {c.error_feedback!r}")
     _require(0 <= c.selection_threshold < 1, "compression.selection_threshold must be in [0, 1)")
     _require(c.value_bits in (1, 2, 4, 8, 16, 32), f"compression.value_bits must be 1, 2, 4, 8, 16 or 32, got {c.value_bits}")
     _require(not (c.value_bits == 1 and "randk" in (c.uplink, c.downlink)),
              "compression.value_bits=1 (signs with a mean magnitude) is biased: rand-k needs 2 or more")
-    _require(c.residual_dtype in ("float16", "float32"), f"compression.residual_dtype must be float16 or float32, got {c.residual_dtype!r}")
+    _require(c.residual_dtype in ("float16", "float32"),
+             f"compression.residual_dtype must be float16 or float32, got {c.residual_dtype!r}")
     _require(r.device in ("auto", "cpu", "cuda") or r.device.startswith("cuda:"),
              "runtime.device must be auto, cpu, cuda or cuda:N")
     _require(r.threads_per_rank >= 0, "runtime.threads_per_rank must be >= 0")

@@ -315,3 +315,21 @@ def test_an_impossible_budget_is_refused_with_the_smallest_that_works(values, fr
         smallest = float(message.rsplit(" ", 1)[1])
         key = next(k for k in values if k.endswith("_bits"))
         compression.build(_config(**{**values, key: smallest}), _Model())
+
+
+# ---- the log refuses a broken budget ----------------------------------------------------------
+
+def test_the_log_refuses_a_round_over_its_cap(tmp_path):
+    from fedgmi_mpi.logs.hdf5 import CapExceeded, RunLog
+
+    log = RunLog.create(tmp_path / "run.h5", False, {}, seen=np.ones(3, bool), num_train=np.ones(3), num_test=np.ones(3),
+                        truth={}, client_specs={"train": {}}, server_specs={}, summary_specs={})
+    within = dict(client_metrics={}, server_metrics={}, summary=None, downlink_cap=100, uplink_cap=50)
+    log.write_round("train", 0, 0.1, np.full(3, 100), np.array([50, 0, 49]), **within)
+    with pytest.raises(CapExceeded, match="client 2 moved 51 bytes up, over the cap of 50"):
+        log.write_round("train", 1, 0.1, np.full(3, 100), np.array([50, 0, 51]), **within)
+    with pytest.raises(CapExceeded, match="down"):
+        log.write_round("train", 1, 0.1, np.array([100, 101, 100]), np.zeros(3), **within)
+    assert log.file["rounds/bytes_up"].shape[0] == 1  # nothing of the refused rounds was written
+    assert log.file["rounds/uplink_cap"][0] == 50
+    log.close()

@@ -81,10 +81,14 @@ def _resolve(direction: str, method: str, bits: float, value_bits: int, header: 
     for chosen in candidates:
         if _fits(chosen, cap, header, layout, all_rows or _fixed_rate(chosen, layout)):
             return chosen, cap
-    smallest = min(_smallest_bits(c, header, layout, all_rows or _fixed_rate(c, layout)) for c in candidates)
-    what = "every component and the control values" if direction == "downlink" else "the weights and one component"
-    raise UserError(f"compression.{direction}_bits={bits:g} is too small to send {what} of this model "
-                    f"({layout.parameters} parameters) with {method}: the smallest budget that works is {smallest:g}")
+    whole = [all_rows or _fixed_rate(c, layout) for c in candidates]
+    smallest = min(_smallest_bits(c, header, layout, w) for c, w in zip(candidates, whole))
+    if direction == "downlink":
+        what = "the control values and every component"
+    else:
+        what = "the masses and " + ("every component whole" if all(whole) else "one value per tensor of one component")
+    raise UserError(f"compression.{direction}_bits={bits:g} is too small for {direction}={method} to send {what} "
+                    f"of this model ({layout.parameters} parameters): the smallest budget that works is {smallest:g}")
 
 
 @dataclass

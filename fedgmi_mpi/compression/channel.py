@@ -29,7 +29,6 @@ import numpy as np
 from .. import rng as rngs
 from ..algorithms.base import Broadcast, ClientUpload, ModelLayout
 from .base import Codec
-from .casts import Float32
 from .wire import Reader, Writer
 
 UP, DOWN = 1, 0

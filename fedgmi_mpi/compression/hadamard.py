@@ -1,9 +1,10 @@
 """Rotation-based quantisation (DRIVE, Vargaftik et al. 2021; EDEN, 2022).
 
 Each segment (parameter tensor) of a row is padded to a multiple of 64 and cut into power-of-two
-chunks (its binary expansion, at most 2**14 each). Each chunk is rotated by a randomised Hadamard transform, y = H D x / sqrt(m): random
-signs D drawn from the stream sender and receiver share (nothing is sent for them), then the fast
-Walsh-Hadamard transform, done as two small matrix products (H_m = H_a kron H_b). The rotated
+chunks (its binary expansion, at most 2**14 each). Each chunk is rotated by a randomised Hadamard
+transform, y = H D x / sqrt(m): random signs D drawn from the stream sender and receiver share
+(nothing is sent for them), then the fast Walsh-Hadamard transform, done as small matrix products
+(H_m = H_a kron H_b [kron H_c]), one batch per chunk size for the whole message. The rotated
 coordinates are close to Gaussian whatever x looked like, so one Lloyd-Max quantiser for N(0, 1)
 suits them all. Per chunk the sender sends one float32 scale S and b-bit codes of n_s of its
 rotated coordinates y_s; the receiver puts S * levels there, zeros elsewhere, and rotates back (H

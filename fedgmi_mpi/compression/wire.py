@@ -57,23 +57,32 @@ def bits_to_bytes(bits: int) -> int:
 
 
 def pack_bits(values: np.ndarray, width: int) -> bytes:
+    """Codes < 2**width, most significant bit first, packed back to back."""
     if width == 0 or len(values) == 0:
         return b""
+    if 8 % width == 0:  # whole codes per byte: shift and add
+        per = 8 // width
+        padded = np.zeros(-(-len(values) // per) * per, dtype=np.uint8)
+        padded[: len(values)] = values
+        shifts = np.arange(8 - width, -1, -width, dtype=np.uint8)
+        return np.bitwise_or.reduce(padded.reshape(-1, per) << shifts, axis=1).astype(np.uint8).tobytes()
     values = np.asarray(values, dtype=np.uint32)
-    if width == 8:
-        return values.astype(np.uint8).tobytes()
     shifts = np.arange(width - 1, -1, -1, dtype=np.uint32)
-    bit_matrix = ((values[:, None] >> shifts) & 1).astype(np.uint8)  # most significant bit first
-    return np.packbits(bit_matrix.ravel()).tobytes()
+    return np.packbits(((values[:, None] >> shifts) & 1).astype(np.uint8)).tobytes()
 
 
 def unpack_bits(raw: np.ndarray, count: int, width: int) -> np.ndarray:
     if width == 0 or count == 0:
         return np.zeros(count, dtype=np.uint32)
-    if width == 8:
-        return raw[:count].astype(np.uint32)
-    bit_matrix = np.unpackbits(raw, count=count * width).reshape(count, width).astype(np.uint32)
-    return bit_matrix @ (np.uint32(1) << np.arange(width - 1, -1, -1, dtype=np.uint32))
+    if 8 % width == 0:
+        shifts = np.arange(8 - width, -1, -width, dtype=np.uint8)
+        codes = (raw[: -(-count * width // 8), None] >> shifts) & np.uint8((1 << width) - 1)
+        return codes.ravel()[:count].astype(np.uint32)
+    bit_matrix = np.unpackbits(raw, count=count * width).reshape(count, width)
+    codes = np.zeros(count, dtype=np.uint32)
+    for column in range(width):
+        codes = (codes << np.uint32(1)) | bit_matrix[:, column]
+    return codes
 
 
 # ---- Rice-coded sorted index sets ----------------------------------------------------------
