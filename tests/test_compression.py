@@ -121,6 +121,40 @@ def test_the_unbiasedness_check_catches_a_biased_method():
     assert mean_error > 0.5 * single_error  # top-k's error does not average away: it needs error feedback
 
 
+def _hard_rows() -> list[np.ndarray]:
+    rng = np.random.default_rng(9)
+    spike = np.zeros(4096, dtype=np.float32)
+    spike[7], spike[100:149] = 1.0, 0.01
+    padded_block = np.ones(513, dtype=np.float32)  # one value in the last block of 512
+    return [spike, rng.standard_t(2, size=4096).astype(np.float32), padded_block]
+
+
+@pytest.mark.parametrize("method,value_bits", [("hadamard", 8), ("qsgd", 8), ("randk", 2), ("randk", 8), ("topk", 2),
+                                               ("topk", 1)])
+@pytest.mark.parametrize("bits", [4, 1, 0.1])
+def test_the_contractive_mode_never_does_worse_than_sending_nothing(method, value_bits, bits):
+    codec = compression.codec(method, value_bits, unbiased=False)
+    for x in _hard_rows():
+        budget = np.array([[max(int(bits * len(x) / 8), codec.min_bytes(len(x)))]])
+        out = Writer()
+        codec.encode([x[None]], budget, np.random.default_rng(0), np.random.default_rng(1), out)
+        (got,) = codec.decode((len(x),), budget, np.random.default_rng(0), Reader(out.getvalue()))
+        assert ((got[0] - x) ** 2).sum() < (x**2).sum(), (method, len(x))
+
+
+def test_the_rotation_sends_some_of_every_chunk_at_low_budgets():
+    bits, counts = hadamard.plan(16448, 40, True)  # chunks of 16384 and 64 values, 36 bytes of codes
+    assert bits == 1 and all(counts) and sum(counts) == 8 * (40 - 2 * 4)
+
+
+def test_a_non_finite_delta_is_an_error_not_a_silent_zero():
+    uplink = _uplink("hadamard", 1)
+    upload = _upload(0)
+    upload.delta[1, 5] = np.nan
+    with pytest.raises(OverflowError, match="not finite"):
+        uplink.send(upload, uplink.init_client(), 0, 0)
+
+
 def test_topk_keeps_exactly_the_k_largest():
     codec = compression.codec("topk", 32)
     x = _delta(4, rows=1)[:, :1500]
@@ -165,7 +199,7 @@ def test_dense_uplink_is_the_identity_and_counts_float32_deltas_and_float64_weig
 @pytest.mark.parametrize("select", [True, False])
 def test_no_upload_exceeds_its_cap_and_the_count_is_the_real_length(method, bits, select):
     uplink = _uplink(method, bits, select)
-    if uplink.header_bytes(0) + uplink.plan.row_min > uplink.cap:  # not even one row fits: refused up front
+    if uplink.header + uplink.plan.row_min > uplink.cap:  # not even one row fits: refused up front
         with pytest.raises(UserError, match="too small"):
             compression.build(_config(uplink_bits=bits, uplink=method), _Model())
         return

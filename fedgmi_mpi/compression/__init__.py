@@ -18,7 +18,7 @@ from ..config import Config
 from ..errors import UserError
 from .base import Codec
 from .casts import BFloat16, Float16, Float32
-from .channel import DOWNLINK_HEADER, Downlink, Plan, Segments, Uplink
+from .channel import DOWNLINK_HEADER, Downlink, Plan, Segments, Uplink, uplink_header_bytes
 from .hadamard import RotationQuantiser
 from .qsgd import StochasticQuantiser
 from .randk import RandK
@@ -45,44 +45,35 @@ def codec(method: str, value_bits: int = 8, unbiased: bool = True) -> Codec:
     return CODECS[method](value_bits, unbiased)
 
 
-def cap_bytes(bits: float, layout: ModelLayout) -> int | None:
-    return None if bits >= DENSE_BITS else math.ceil(bits * layout.parameters / 8)
-
-
 def _fixed_rate(chosen: Codec, layout: ModelLayout) -> bool:
     """Casts send a row whole or not at all: under a cap they must carry every row, or they would
     silently drop components."""
     return chosen.min_bytes(layout.row_size) == chosen.max_bytes(layout.row_size)
 
 
-def _fits(chosen: Codec, cap: int, header: int, layout: ModelLayout, all_rows: bool) -> bool:
-    plan = Plan(chosen, Segments.of(layout, whole=False))
-    need = layout.rows * plan.row_min if all_rows else plan.row_min
-    return cap - header >= need
-
-
-def _smallest_bits(chosen: Codec, header: int, layout: ModelLayout, all_rows: bool) -> float:
-    plan = Plan(chosen, Segments.of(layout, whole=False))
-    need = header + (layout.rows * plan.row_min if all_rows else plan.row_min)
-    return math.ceil(need * 8 / layout.parameters * 1e4) / 1e4  # rounded up: this many bits always fit
+def _needed(chosen: Codec, header: int, layout: ModelLayout, all_rows: bool) -> int:
+    """The smallest cap with which the codec sends what it must: every row (the downlink; casts,
+    which cannot shrink a row) or one row (the uplink drops its lightest rows when it must)."""
+    row_min = Plan(chosen, Segments.of(layout, whole=False)).row_min
+    return header + (layout.rows if all_rows else 1) * row_min
 
 
 def _resolve(direction: str, method: str, bits: float, value_bits: int, header: int, layout: ModelLayout,
              all_rows: bool, unbiased: bool) -> tuple[Codec, int | None]:
     """The codec and cap for one direction, or a UserError naming the smallest budget that works."""
     key = f"compression.{direction}"
-    cap = cap_bytes(bits, layout)
-    if cap is None and method in ("auto", "none"):
+    if bits >= DENSE_BITS and method in ("auto", "none"):
         return Float32(), None
     if method == "none":
         raise UserError(f"{key}=none sends the float32 model: it needs {direction}_bits=32, got {bits:g}")
-    cap = cap if cap is not None else math.ceil(bits * layout.parameters / 8)
+    cap = math.ceil(bits * layout.parameters / 8)  # a named method at 32 bits is held to 32 bits, all included
     candidates = [codec(m, value_bits, unbiased) for m in (AUTO_ORDER if method == "auto" else (method,))]
-    for chosen in candidates:
-        if _fits(chosen, cap, header, layout, all_rows or _fixed_rate(chosen, layout)):
-            return chosen, cap
     whole = [all_rows or _fixed_rate(c, layout) for c in candidates]
-    smallest = min(_smallest_bits(c, header, layout, w) for c, w in zip(candidates, whole))
+    for chosen, must_carry_all in zip(candidates, whole):
+        if _needed(chosen, header, layout, must_carry_all) <= cap:
+            return chosen, cap
+    needed = min(_needed(c, header, layout, w) for c, w in zip(candidates, whole))
+    smallest = math.ceil(needed * 8 / layout.parameters * 1e4) / 1e4  # rounded up: this many bits always fit
     if direction == "downlink":
         what = "the control values and every component"
     else:
@@ -102,7 +93,7 @@ def build(config: Config, algorithm: Algorithm) -> Channels:
     """Both channels for a run; raises UserError (before any work) for a budget that cannot work."""
     c = config.compression
     layout = algorithm.model_layout()
-    up_header = 4 * layout.rows + 8 * layout.statistics
+    up_header = uplink_header_bytes(layout, capped=True)
     up_codec, up_cap = _resolve("uplink", c.uplink, c.uplink_bits, c.value_bits, up_header, layout, all_rows=False,
                                 unbiased=True)
     feedback = up_codec.biased if c.error_feedback == "auto" else c.error_feedback == "on"

@@ -29,6 +29,7 @@ import numpy as np
 from .. import rng as rngs
 from ..algorithms.base import Broadcast, ClientUpload, ModelLayout
 from .base import Codec
+from .casts import FP16_MAX
 from .wire import Reader, Writer
 
 UP, DOWN = 1, 0
@@ -42,6 +43,11 @@ SMALL_SEGMENT = 1024
 
 class BudgetError(RuntimeError):
     """A payload came out larger than its cap: a bug, never a user error."""
+
+
+def uplink_header_bytes(layout: ModelLayout, capped: bool) -> int:
+    """The weights (float64 dense, float32 under a cap) and the exact statistics of a model round."""
+    return (4 if capped else 8) * layout.rows + 8 * layout.statistics
 
 
 def waterfill(total: int, weights: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -176,13 +182,11 @@ class Uplink:
         self.seed = seed
         self.select = select and cap is not None
         self.threshold = threshold
-        self.error_feedback = error_feedback
+        self.error_feedback = error_feedback and cap is not None  # a dense upload loses nothing to feed back
         self.residual_dtype = np.dtype(residual_dtype)
         self.plan = Plan(codec, Segments.of(layout, whole=cap is None))
         self.weight_dtype = np.float64 if cap is None else np.float32
-
-    def header_bytes(self, statistics: int) -> int:
-        return np.dtype(self.weight_dtype).itemsize * self.layout.rows + 8 * statistics
+        self.header = uplink_header_bytes(layout, capped=cap is not None)
 
     def init_client(self) -> ClientChannel:
         return ClientChannel()
@@ -194,10 +198,10 @@ class Uplink:
             wire[wire < self.threshold * total] = 0
         return wire
 
-    def _row_budgets(self, wire_weights: np.ndarray, statistics: int) -> tuple[np.ndarray, np.ndarray]:
+    def _row_budgets(self, wire_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.cap is None:  # dense: every row travels whole, whatever its weight
             return np.arange(self.layout.rows), np.full(self.layout.rows, self.plan.row_max, dtype=np.int64)
-        return self.plan.rows(self.cap - self.header_bytes(statistics), wire_weights, self.select)
+        return self.plan.rows(self.cap - self.header, wire_weights, self.select)
 
     def send(self, upload: ClientUpload, state: ClientChannel, client_id: int, round_index: int) -> Decoded:
         """Serialise the upload, decode it as the server would, and keep what was not sent in the
@@ -211,7 +215,10 @@ class Uplink:
         if self.error_feedback:
             if state.residual is None:
                 state.residual = np.zeros((self.layout.rows, self.layout.row_size), dtype=self.residual_dtype)
-            state.residual[sent] = (intended - decoded.delta[sent]).astype(self.residual_dtype)
+            residual = intended - decoded.delta[sent]
+            if self.residual_dtype == np.float16:  # beyond fp16's range it would turn to inf, then NaN
+                residual = np.clip(residual, -FP16_MAX, FP16_MAX)
+            state.residual[sent] = residual.astype(self.residual_dtype)
         return decoded
 
     def encode(self, upload: ClientUpload, state: ClientChannel, client_id: int,
@@ -223,9 +230,11 @@ class Uplink:
         if upload.delta is None:
             out.array(statistics, np.float64)
             return out.getvalue(), None, None
+        if not (np.all(np.isfinite(upload.weights)) and np.all(np.isfinite(upload.delta))):
+            raise OverflowError("a weight or a model delta is not finite (a diverging client?)")
         shared, private = _streams(self.seed, UP, client_id, round_index)
         wire = self._weights_on_wire(upload.weights)
-        sent, budgets = self._row_budgets(wire, len(statistics))
+        sent, budgets = self._row_budgets(wire)
         wire[np.setdiff1d(np.arange(len(wire)), sent)] = 0
         delta = np.asarray(upload.delta, dtype=np.float32)
         if delta.shape != (self.layout.rows, self.layout.row_size):
@@ -250,7 +259,7 @@ class Uplink:
         weights = src.array(self.layout.rows, self.weight_dtype).astype(np.float64)
         stats = src.array(statistics, np.float64)
         shared, _ = _streams(self.seed, UP, client_id, round_index)
-        sent, budgets = self._row_budgets(weights, statistics)
+        sent, budgets = self._row_budgets(weights)
         rows = self.plan.decode(budgets, self.layout.row_size, shared, src)
         if src.remaining():
             raise ValueError(f"upload of client {client_id}: {src.remaining()} bytes left over")

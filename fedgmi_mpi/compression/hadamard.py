@@ -14,9 +14,9 @@ make unbiased (E_D[D H^T P H D] = (n_s / m) I for any coordinate subset P). Cont
 S = <y_s, levels> / |levels|^2, the least-squares fit (DRIVE's biased scale), whose error is below
 |x| whatever the budget.
 
-The plan for a row - b and how many coordinates - minimises the predicted error
-(1 + e_b) / p - 1, e_b the unbiased Lloyd-Max error of b bits and p the fraction sent: 1 bit on a
-subset below 1 bit per coordinate, b or b+1 bits (on a subset) above.
+The plan for a row - b and how many coordinates - minimises the predicted error over b = 1..8
+(see ``plan``): in practice 1 bit on a subset below 1 bit per coordinate, and above it the whole
+row at b bits or a large subset at b+1 bits, whichever is predicted better.
 """
 from __future__ import annotations
 
@@ -63,7 +63,11 @@ def fwht(x: np.ndarray) -> np.ndarray:
     k = m.bit_length() - 1
     factors = [k // 2, k - k // 2] if m < 4096 else [k // 3, (k - k // 3) // 2, k - k // 3 - (k - k // 3) // 2]
     sizes = [1 << f for f in factors]
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(r, *sizes)
+    # torch's allocator aligns every buffer to 64 bytes: BLAS results then do not depend on where
+    # numpy happened to place the input (MKL can take other code paths for other alignments).
+    t = torch.empty((r, m), dtype=torch.float32)
+    t.copy_(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    t = t.reshape(r, *sizes)
     if len(sizes) == 2:
         t = torch.matmul(torch.matmul(_hadamard(sizes[0]), t), _hadamard(sizes[1]))
     else:
@@ -97,10 +101,22 @@ def plan(size: int, budget: int, unbiased: bool = True) -> tuple[int, tuple[int,
                 error = 1 - count / total * (1 - unbiased_error / (1 + unbiased_error))
             best = min(best, (error, bits, count))
     _, bits, count = best
-    return bits, tuple(chunks) if count == total else tuple(count * m // total for m in chunks)
+    if count == total:
+        return bits, tuple(chunks)
+    # Spread the coordinates over the chunks by size, largest remainders first, so none are lost to
+    # rounding and every chunk gets some where the budget allows (a chunk sent nothing would be a
+    # biased zero).
+    exact = [count * m / total for m in chunks]
+    counts = [max(1, int(e)) if count >= len(chunks) else int(e) for e in exact]
+    order = sorted(range(len(chunks)), key=lambda j: (-(exact[j] - int(exact[j])), j))
+    for j in order[: max(0, count - sum(counts))]:
+        counts[j] += 1
+    while sum(counts) > count:  # the floor of 1 overshot: take back from the largest
+        counts[max(range(len(chunks)), key=lambda j: (counts[j], -j))] -= 1
+    return bits, tuple(min(c, m) for c, m in zip(counts, chunks))
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=256)
 def _selection(size: int, budget: int, unbiased: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Where a row's sent coordinates lie: (positions in the padded row, active-chunk index of each,
     the active chunks, their m / count factors). The subset of each chunk is evenly strided."""
@@ -109,8 +125,8 @@ def _selection(size: int, budget: int, unbiased: bool) -> tuple[np.ndarray, np.n
     starts = np.concatenate([[0], np.cumsum(chunks)[:-1]])
     active = np.array([j for j, c in enumerate(counts) if c], dtype=np.int64)
     positions = np.concatenate([starts[j] + (np.arange(counts[j], dtype=np.int64) * chunks[j]) // counts[j]
-                                for j in active])
-    owner = np.repeat(np.arange(len(active)), [counts[j] for j in active])
+                                for j in active]).astype(np.int32)
+    owner = np.repeat(np.arange(len(active), dtype=np.int32), [counts[j] for j in active])
     factor = np.array([chunks[j] / counts[j] for j in active])
     return positions, owner, active, factor
 

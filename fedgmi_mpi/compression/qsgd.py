@@ -47,6 +47,7 @@ class StochasticQuantiser(SegmentCodec):
         codes = quantize.uniform_codes(blocks, scales[:, None], bits, private if self.unbiased else None)
         if not self.unbiased:
             grid = quantize.uniform_values(codes, 1.0, bits)
+            grid.ravel()[size:] = 0  # the padding of the last block is not sent: keep it out of the fit
             fit = np.einsum("ij,ij->i", grid, blocks.astype(np.float64))
             scales = np.divide(fit, np.einsum("ij,ij->i", grid, grid), out=np.zeros(len(grid)), where=fit > 0)
         out.array(scales, np.float32)

@@ -1,7 +1,9 @@
 """The values of a sparse row (top-k or rand-k) on the wire: ``bits`` per value with one float32
-scale for the row. 32: float32 as they are; 16: fp16; 2-8: the uniform grid over [-scale, scale]
-(scale = largest magnitude); 1: the sign, with scale = mean magnitude (a ternary row, as in
-sparse ternary compression). Stochastic rounding when an rng is given (unbiased), else nearest."""
+scale for the row. 32: float32 as they are; 16: fp16; 2-8: codes on the uniform grid over
+[-max, max]; 1: the sign (a ternary row, as in sparse ternary compression).
+With an rng (unbiased): stochastic rounding, scale = max. Without (contractive): nearest
+rounding and the least-squares scale <grid, values> / <grid, grid> - for signs that is the mean
+magnitude - so the values sent are never further from the true ones than zeros would be."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,9 +29,14 @@ def write_values(out: Writer, values: np.ndarray, bits: int, rng: np.random.Gene
         out.array(np.array([magnitude]), np.float32)
         out.bits((values > 0).astype(np.uint32), 1)
     else:
-        scale = np.float32(np.abs(values).max()) if len(values) else np.float32(0)
+        scale = float(np.abs(values).max()) if len(values) else 0.0
+        codes = quantize.uniform_codes(values, scale, bits, rng)
+        if rng is None:
+            grid = quantize.uniform_values(codes, 1.0, bits)
+            fit, energy = float(grid @ values.astype(np.float64)), float(grid @ grid)
+            scale = fit / energy if fit > 0 else 0.0
         out.array(np.array([scale]), np.float32)
-        out.bits(quantize.uniform_codes(values, float(scale), bits, rng), bits)
+        out.bits(codes, bits)
 
 
 def read_values(src: Reader, count: int, bits: int) -> np.ndarray:

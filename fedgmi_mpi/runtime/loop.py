@@ -143,8 +143,9 @@ def _add_upload(local: np.ndarray, upload: ClientUpload, layout: UploadLayout, u
         return 0
     n_rows, row_size = layout.rows, layout.row_size
     if len(upload.weights) != n_rows or len(upload.statistics) != layout.statistics or (upload.delta is None) != (n_rows == 0):
-        raise ValueError(f"client {cid} uploaded {len(upload.weights)} weights / {len(upload.statistics)} "
-                         f"statistics; the round expects {n_rows} / {layout.statistics}")
+        raise ValueError(f"client {cid} uploaded {len(upload.weights)} weights / {len(upload.statistics)} statistics / "
+                         f"{'a' if upload.delta is not None else 'no'} model delta; the round expects {n_rows} / "
+                         f"{layout.statistics} / {'a' if n_rows else 'no'} delta")
     decoded = uplink.send(upload, channel_state, cid, round_index)
     if n_rows:
         local[: n_rows * row_size] += exact_sum.encode(decoded.weights[:, None] * decoded.delta, limit).ravel()
