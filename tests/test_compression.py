@@ -5,7 +5,7 @@ import pytest
 from fedgmi_mpi import compression
 from fedgmi_mpi.algorithms.base import Broadcast, ClientUpload, ModelLayout
 from fedgmi_mpi.compression import hadamard, quantize
-from fedgmi_mpi.compression.channel import Downlink, Uplink, waterfill
+from fedgmi_mpi.compression.channel import Downlink, Uplink, uplink_header_bytes, waterfill
 from fedgmi_mpi.compression.wire import Reader, Writer, pack_bits, read_rice, rice_max_bytes, unpack_bits, write_rice
 from fedgmi_mpi.config import COMPRESSION_METHODS, Config
 from fedgmi_mpi.errors import UserError
@@ -199,7 +199,7 @@ def test_dense_uplink_is_the_identity_and_counts_float32_deltas_and_float64_weig
 @pytest.mark.parametrize("select", [True, False])
 def test_no_upload_exceeds_its_cap_and_the_count_is_the_real_length(method, bits, select):
     uplink = _uplink(method, bits, select)
-    if uplink.header + uplink.plan.row_min > uplink.cap:  # not even one row fits: refused up front
+    if uplink_header_bytes(LAYOUT, True) + uplink.plan.row_min > uplink.cap:  # not even one row fits: refused up front
         with pytest.raises(UserError, match="too small"):
             compression.build(_config(uplink_bits=bits, uplink=method), _Model())
         return

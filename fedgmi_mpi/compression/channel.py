@@ -45,9 +45,10 @@ class BudgetError(RuntimeError):
     """A payload came out larger than its cap: a bug, never a user error."""
 
 
-def uplink_header_bytes(layout: ModelLayout, capped: bool) -> int:
-    """The weights (float64 dense, float32 under a cap) and the exact statistics of a model round."""
-    return (4 if capped else 8) * layout.rows + 8 * layout.statistics
+def uplink_header_bytes(layout: ModelLayout, capped: bool, statistics: int | None = None) -> int:
+    """The weights (float64 dense, float32 under a cap) and the exact float64 statistics of a model
+    round (as many as the layout declares, unless the upload says otherwise)."""
+    return (4 if capped else 8) * layout.rows + 8 * (layout.statistics if statistics is None else statistics)
 
 
 def waterfill(total: int, weights: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -186,7 +187,6 @@ class Uplink:
         self.residual_dtype = np.dtype(residual_dtype)
         self.plan = Plan(codec, Segments.of(layout, whole=cap is None))
         self.weight_dtype = np.float64 if cap is None else np.float32
-        self.header = uplink_header_bytes(layout, capped=cap is not None)
 
     def init_client(self) -> ClientChannel:
         return ClientChannel()
@@ -198,10 +198,11 @@ class Uplink:
             wire[wire < self.threshold * total] = 0
         return wire
 
-    def _row_budgets(self, wire_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _row_budgets(self, wire_weights: np.ndarray, statistics: int) -> tuple[np.ndarray, np.ndarray]:
         if self.cap is None:  # dense: every row travels whole, whatever its weight
             return np.arange(self.layout.rows), np.full(self.layout.rows, self.plan.row_max, dtype=np.int64)
-        return self.plan.rows(self.cap - self.header, wire_weights, self.select)
+        header = uplink_header_bytes(self.layout, capped=True, statistics=statistics)
+        return self.plan.rows(self.cap - header, wire_weights, self.select)
 
     def send(self, upload: ClientUpload, state: ClientChannel, client_id: int, round_index: int) -> Decoded:
         """Serialise the upload, decode it as the server would, and keep what was not sent in the
@@ -234,7 +235,7 @@ class Uplink:
             raise OverflowError("a weight or a model delta is not finite (a diverging client?)")
         shared, private = _streams(self.seed, UP, client_id, round_index)
         wire = self._weights_on_wire(upload.weights)
-        sent, budgets = self._row_budgets(wire)
+        sent, budgets = self._row_budgets(wire, len(statistics))
         wire[np.setdiff1d(np.arange(len(wire)), sent)] = 0
         delta = np.asarray(upload.delta, dtype=np.float32)
         if delta.shape != (self.layout.rows, self.layout.row_size):
@@ -259,7 +260,7 @@ class Uplink:
         weights = src.array(self.layout.rows, self.weight_dtype).astype(np.float64)
         stats = src.array(statistics, np.float64)
         shared, _ = _streams(self.seed, UP, client_id, round_index)
-        sent, budgets = self._row_budgets(weights)
+        sent, budgets = self._row_budgets(weights, statistics)
         rows = self.plan.decode(budgets, self.layout.row_size, shared, src)
         if src.remaining():
             raise ValueError(f"upload of client {client_id}: {src.remaining()} bytes left over")
