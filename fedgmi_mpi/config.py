@@ -58,7 +58,9 @@ class AlgorithmConfig:
     topic_restarts: int = 8
     topic_iterations: int = 300
     test_samples: int = 4  # importance samples for the per-round test accuracy
+    clients_per_round: int = 0  # the cohort: seen clients drawn for each training round (0: all of them)
     eval_every: int = 25  # an evaluation round every this many training rounds (0: only at the end)
+    eval_clients: int = 0  # clients (seen and unseen) that run inference at evaluation rounds, a fixed draw (0: all)
     eval_samples: int = 64  # importance samples for evaluation-round inference
     collapse_fraction: float = 0.01  # warn when a component's share of all responsibility mass falls below this
 
@@ -83,6 +85,8 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads_per_rank: int = 1  # torch intra-op threads per rank (0: torch's default)
     poll_interval_ms: float = 1.0  # longest sleep between progress checks while a rank waits in a collective
+    batched: bool = True  # a rank runs its clients of a round as batched groups (false: one at a time, the reference)
+    group_size: int = 0  # clients per batched group (0: automatic, from the device's free memory)
 
 
 @dataclass
@@ -216,6 +220,8 @@ def validate(config: Config) -> None:
     _require(a.codebook_lloyd_iterations >= 1, "algorithm.codebook_lloyd_iterations must be >= 1")
     _require(a.topic_restarts >= 1 and a.topic_iterations >= 1, "algorithm.topic_restarts and topic_iterations must be >= 1")
     _require(a.eval_every >= 0, "algorithm.eval_every must be >= 0")
+    _require(a.clients_per_round >= 0, "algorithm.clients_per_round must be >= 0 (0: every seen client)")
+    _require(a.eval_clients >= 0, "algorithm.eval_clients must be >= 0 (0: every client)")
     _require(0 <= a.collapse_fraction < 1, "algorithm.collapse_fraction must be in [0, 1)")
     c = config.compression
     for direction in ("uplink", "downlink"):
@@ -236,3 +242,4 @@ def validate(config: Config) -> None:
              "runtime.device must be auto, cpu, cuda or cuda:N")
     _require(r.threads_per_rank >= 0, "runtime.threads_per_rank must be >= 0")
     _require(r.poll_interval_ms >= 0, "runtime.poll_interval_ms must be >= 0")
+    _require(r.group_size >= 0, "runtime.group_size must be >= 0 (0: automatic)")

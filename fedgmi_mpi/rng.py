@@ -14,6 +14,7 @@ CLIENT_TRAIN = 2
 SERVER = 3
 CLIENT_EVAL = 4
 COMPRESSION = 5
+COHORT = 6  # the server's draws of who takes part in a round
 
 
 def numpy_rng(seed: int, purpose: int, *ids: int) -> np.random.Generator:

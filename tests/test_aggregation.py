@@ -60,8 +60,11 @@ class _Recorder:
     def upload_layout(self, broadcast):
         return UploadLayout(rows=2, row_size=3, statistics=1)
 
+    def client_state_spec(self):
+        return {}
+
     def init_client(self, client):
-        return None
+        return {}
 
     def client_update(self, broadcast, client, state):
         cid = client.client_id
@@ -82,7 +85,7 @@ def test_round_loop_sums_weighted_deltas_exactly_and_counts_bytes():
     stats = [np.array([7.0]), np.array([-2.5]), None]
     algorithm = _Recorder(deltas, weights, stats)
     records = []
-    loop.run(algorithm, scenario, compression.build(Config(), algorithm), loop.SerialTransport(3),
+    loop.run(algorithm, scenario, compression.build(Config(), algorithm), loop.SerialTransport(),
              on_round=records.append)
     expected = weights[0][:, None] * deltas[0].astype(np.float64) + weights[1][:, None] * deltas[1].astype(np.float64)
     assert np.allclose(algorithm.summed.weighted_delta, expected, atol=1e-9)

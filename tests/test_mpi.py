@@ -42,11 +42,16 @@ def test_three_ranks_write_a_complete_standard_log(tmp_path):
         assert f["evaluate/proportions"].shape == (2, clients, k)  # after round 2 and at the end
         assert f["truth/true_proportions"].shape == (clients, k) and f["truth/component_counts"].shape == (clients, k)
         proportions = f["train/proportions"][-1]
-        assert np.allclose(proportions.sum(1), 1.0)
         seen = f["clients/seen"][()].astype(bool)
         assert seen.sum() == 8
+        assert np.allclose(proportions[seen].sum(1), 1.0)
+        assert np.all(np.isnan(proportions[~seen]))  # unseen clients infer at evaluation rounds only
+        phases = json.loads(f["rounds/phase"].attrs["phases"])
+        took_part = f["rounds/participated"][()].astype(bool)
+        assert np.all(took_part[f["rounds/phase"][()] == phases.index("train")] == seen)
+        assert np.all(took_part[f["rounds/phase"][()] == phases.index("evaluate")])
         assert np.all(f["rounds/bytes_up"][-2][~seen] == 0)  # unseen clients never upload
-        assert np.all(f["rounds/bytes_down"][:] > 0)
+        assert np.all((f["rounds/bytes_down"][()] > 0) == took_part)  # whoever takes part downloads, nobody else
         mass = f["train/server/responsibility_mass"][()]
         assert np.allclose(mass.sum(1), f["clients/num_train"][()][seen].sum())
     if shutil.which("h5dump"):  # the file is standard HDF5: the reference tool reads it
@@ -98,9 +103,10 @@ def test_a_compressed_run_keeps_every_cap_and_its_broadcasts_shrink(tmp_path):
         assert np.all(f["rounds/bytes_up"][()][train] <= up_cap[train, None])  # what a reader checks
         assert np.all(f["rounds/bytes_down"][()][train] <= down_cap[train, None])
         assert f["rounds/bytes_up"][()][train].max() > 0.9 * f.attrs["uplink_cap_bytes"]  # the budget is used
-        # the real MPI broadcast carries the compressed bytes: 2 workers x (the message + a 32-byte header)
+        # the real MPI broadcast carries the compressed bytes: 2 workers x (the message + a 40-byte
+        # header + the cohort's 8 client ids)
         bcast = f["rounds/mpi_broadcast_bytes"][()][train]
-        assert np.all(bcast == 2 * (f["rounds/bytes_down"][()][train][:, 0] + 32))
+        assert np.all(bcast == 2 * (f["rounds/bytes_down"][()][train][:, 0] + 40 + 8 * 8))
         assert np.median(dense["rounds/mpi_broadcast_bytes"][()][train]) > 25 * np.median(bcast)
         # the reduce stays dense: int64 fixed-point sums of the decoded deltas and the weights, per worker
         assert np.all(f["rounds/mpi_reduce_bytes"][()][train] == 2 * 8 * (parameters + 4))

@@ -21,7 +21,7 @@ def _train(config, scramble: bool):
         if r.broadcast.phase in ("train", "evaluate"):
             proportions.append(r.client_metrics["proportions"])
     algorithm = FedGMI(config, scenario)
-    state = loop.run(algorithm, scenario, compression.build(config, algorithm), loop.SerialTransport(len(scenario.clients)),
+    state = loop.run(algorithm, scenario, compression.build(config, algorithm), loop.SerialTransport(),
                      record)
     return state, np.stack(proportions)
 
@@ -31,4 +31,4 @@ def test_scrambled_truth_leaves_training_unchanged(small_config):
     state_b, proportions_b = _train(small_config, scramble=True)
     assert np.array_equal(state_a.params, state_b.params)
     assert np.array_equal(state_a.topics, state_b.topics)
-    assert np.array_equal(proportions_a, proportions_b)
+    assert np.array_equal(proportions_a, proportions_b, equal_nan=True)  # NaN: clients that sat a round out

@@ -32,6 +32,7 @@ class Broadcast:
     payload: np.ndarray  # float32 [n]: control values, sent as they are
     model: np.ndarray | None = None  # float32 [rows, row_size]: the global model, sent by the downlink channel
     evaluation_only: bool = False  # True: clients use the model for this round only (inference), not as their new base
+    cohort: np.ndarray | None = None  # int64 client ids that take part this round (None: every client)
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,32 @@ class Algorithm(Protocol):
     def init_server(self) -> Any: ...
     def configure(self, state: Any) -> Broadcast | None: ...
     def upload_layout(self, broadcast: Broadcast) -> UploadLayout: ...
-    def init_client(self, client: ClientData) -> Any: ...
-    def client_update(self, broadcast: Broadcast, client: ClientData, client_state: Any) -> ClientUpload: ...
     def aggregate(self, state: Any, broadcast: Broadcast, summed: Summed) -> Aggregated: ...
+
+    # What a client keeps between its rounds: small float arrays, {name: shape}, fixed for the run.
+    # The runtime holds them, so a client can run on any rank in any round; everything else a
+    # client needs is its data or recomputed.
+    def client_state_spec(self) -> dict[str, tuple[int, ...]]: ...
+    def init_client(self, client: ClientData) -> dict[str, np.ndarray]: ...
+    # One client's round; ``state`` holds the arrays of client_state_spec, updated in place.
+    def client_update(self, broadcast: Broadcast, client: ClientData, state: dict[str, np.ndarray]) -> ClientUpload: ...
+
+
+class GroupAlgorithm(Algorithm, Protocol):
+    """Optional: an algorithm that computes a whole group of clients at once (one batched
+    computation on the rank's device). Each client's result must not depend on the others in the
+    group. Without it the runtime calls ``client_update`` client by client."""
+
+    def group_update(self, broadcast: Broadcast, clients: list[ClientData],
+                     states: list[dict[str, np.ndarray]]) -> list[ClientUpload]: ...
+
+
+class Observer(Protocol):
+    """Optional: ``observe`` is called on every rank for every broadcast, before any client runs,
+    so an algorithm can keep what its clients will need later wherever they run (FedGMI keeps the
+    codebook, which travels once)."""
+
+    def observe(self, broadcast: Broadcast) -> None: ...
 
 
 def pack(arrays: list[np.ndarray]) -> np.ndarray:

@@ -1,81 +1,152 @@
 """Mixture EM pieces shared by the algorithms: responsibilities, proportions, weighted M-step.
 
-Pure torch, no MPI: every function here is what *one client* computes.
+Pure torch, no MPI. Every function computes for a *group* of G clients at once: samples are
+padded to the run's canonical sizes and ``mask`` [G, N] says which are real. Each client's numbers
+depend only on its own inputs and its own generator, never on the other clients in the group
+(per-client early stopping, per-client optimiser steps), so a group of one is the sequential path.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
-from ..models.vae import MixtureVAE
+from ..models import vae
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the samples of values [G, N, K] where mask [G, N] is set -> [G, K]."""
+    return (values * mask.unsqueeze(2).to(values.dtype)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1).to(values.dtype)
 
 
 def responsibilities(log_likelihood: torch.Tensor, proportions: torch.Tensor) -> torch.Tensor:
-    """r_ik ∝ pi_k p_k(x_i), from log_likelihood [N, K] and proportions [K] (computed in log space)."""
-    return torch.softmax(log_likelihood + torch.log(proportions.clamp_min(1e-30)), dim=1)
+    """r_gik ∝ pi_gk p_k(x_gi), from log_likelihood [G, N, K] and proportions [G, K] (in log space)."""
+    return torch.softmax(log_likelihood + torch.log(proportions.clamp_min(1e-30)).unsqueeze(1), dim=2)
 
 
 def fit_proportions(
-    log_likelihood: torch.Tensor, proportions: torch.Tensor, iterations: int, tol: float = 1e-7
+    log_likelihood: torch.Tensor, mask: torch.Tensor, proportions: torch.Tensor, iterations: int, tol: float = 1e-7
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """EM on the proportions with the component likelihoods held fixed: pi <- mean_i r_i.
+    """EM on each client's proportions with the component likelihoods held fixed: pi <- mean_i r_i.
 
     This is the maximum-likelihood fixed point for pi (the Saerens label-shift EM); each
-    iteration cannot lower sum_i log sum_k pi_k p_k(x_i). Returns (proportions, responsibilities).
+    iteration cannot lower sum_i log sum_k pi_k p_k(x_i). A client stops when its proportions move
+    less than ``tol``; it then keeps them while the others go on. Returns (proportions [G, K],
+    responsibilities [G, N, K]).
     """
     resp = responsibilities(log_likelihood, proportions)
+    done = torch.zeros(len(proportions), dtype=torch.bool, device=proportions.device)
     for _ in range(iterations):
-        new = resp.mean(0)
-        resp = responsibilities(log_likelihood, new)
-        done = (new - proportions).abs().max() < tol
+        new = torch.where(done[:, None], proportions, masked_mean(resp, mask))
+        resp = torch.where(done[:, None, None], resp, responsibilities(log_likelihood, new))
+        done = done | ((new - proportions).abs().amax(1) < tol)
         proportions = new
-        if done:
+        if bool(done.all()):
             break
     return proportions, resp
 
 
 def mixture_log_likelihood(log_likelihood: torch.Tensor, proportions: torch.Tensor) -> torch.Tensor:
-    """log sum_k pi_k p_k(x_i) per sample [N]."""
-    return torch.logsumexp(log_likelihood + torch.log(proportions.clamp_min(1e-30)), dim=1)
+    """log sum_k pi_k p_k(x_i) per sample [G, N]."""
+    return torch.logsumexp(log_likelihood + torch.log(proportions.clamp_min(1e-30)).unsqueeze(1), dim=2)
 
 
-def predict_proba(
-    log_likelihood: torch.Tensor, class_logits: torch.Tensor, proportions: torch.Tensor
-) -> torch.Tensor:
-    """sum_k w_k(x) p_k(y|x) with w_k(x) ∝ pi_k p_k(x). log_likelihood [N, K]; class_logits [K, N, C]."""
-    gate = responsibilities(log_likelihood, proportions)  # [N, K]
-    return torch.einsum("nk,knc->nc", gate, torch.softmax(class_logits, dim=-1))
+def predict_proba(log_likelihood: torch.Tensor, class_logits: torch.Tensor, proportions: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k(x) p_k(y|x) with w_k(x) ∝ pi_k p_k(x). log_likelihood [G, N, K]; class_logits [G, K, N, C]."""
+    gate = responsibilities(log_likelihood, proportions)  # [G, N, K]
+    return torch.einsum("gnk,gknc->gnc", gate, torch.softmax(class_logits, dim=-1))
+
+
+def batch_schedule(orders: list[torch.Tensor], step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices [G, B] and mask [G, B] of each client's ``step``-th mini-batch of its own order."""
+    device = orders[0].device
+    index = torch.zeros(len(orders), batch_size, dtype=torch.long, device=device)
+    mask = torch.zeros(len(orders), batch_size, dtype=torch.bool, device=device)
+    for g, order in enumerate(orders):
+        part = order[step * batch_size:(step + 1) * batch_size]
+        index[g, : len(part)] = part
+        mask[g, : len(part)] = True
+    return index, mask
+
+
+def stacked_normal(generators: list[torch.Generator], shapes: list[tuple[int, ...]], padded: tuple[int, ...],
+                   axis: int) -> torch.Tensor:
+    """[G, *padded]: client g's standard normals of ``shapes[g]`` from its own generator (exactly what
+    it would draw alone), zero-padded along ``axis``. An empty shape (0 along axis) draws nothing."""
+    device = generators[0].device
+    out = torch.zeros(len(generators), *padded, device=device)
+    for g, (gen, shape) in enumerate(zip(generators, shapes)):
+        if shape[axis]:
+            out[g].narrow(axis, 0, shape[axis]).copy_(torch.randn(shape, generator=gen, device=device))
+    return out
+
+
+def adam_step(matrix: torch.Tensor, grad: torch.Tensor, first: torch.Tensor, second: torch.Tensor, steps: torch.Tensor,
+              active: torch.Tensor, lr: float) -> None:
+    """Adam (Kingma and Ba) on [G, ...] per-client parameters, in place, for the clients with
+    ``active`` set; each client has its own step count for the bias corrections."""
+    beta1, beta2 = ADAM_BETAS
+    steps += active.to(steps.dtype)
+    shape = (-1,) + (1,) * (matrix.dim() - 1)
+    on = active.reshape(shape)
+    first.copy_(torch.where(on, first.lerp(grad, 1 - beta1), first))
+    second.copy_(torch.where(on, second * beta2 + grad * grad * (1 - beta2), second))
+    count = steps.clamp_min(1).to(torch.float64)
+    step_size = (lr / (1 - beta1**count)).to(matrix.dtype).reshape(shape)
+    correction = torch.sqrt(1 - beta2**count).to(matrix.dtype).reshape(shape)
+    update = step_size * first / (second.sqrt() / correction + ADAM_EPS)
+    matrix.sub_(torch.where(on, update, torch.zeros_like(update)))
 
 
 def local_m_step(
-    model: MixtureVAE,
+    layout: vae.ParamLayout,
+    start: torch.Tensor,
     x: torch.Tensor,
     y: torch.Tensor,
+    counts: torch.Tensor,
     weights: torch.Tensor,
     epochs: int,
     batch_size: int,
     lr: float,
     label_weight: float,
-    generator: torch.Generator,
-) -> None:
-    """Train every component on its responsibility-weighted loss, in place.
+    generators: list[torch.Generator],
+) -> torch.Tensor:
+    """Each client trains its own copy of every component on its responsibility-weighted loss;
+    returns the trained parameters [G, K, P].
 
-    weights [N, K]. Component k minimises sum_i w_ik (-ELBO_ik + label_weight * CE_ik) / sum_i w_ik,
-    so each component takes steps of the same size whatever its local mass; the server's
-    mass-weighted average decides how much each client's update counts.
+    start [K, P] (the model the clients hold); x [G, N, D], y [G, N], counts [G] real samples per
+    client, weights [G, N, K] (zero on padding). Component k of client g minimises
+    sum_i w_gik (-ELBO_gik + label_weight * CE_gik) / sum_i w_gik, so each component takes steps of
+    the same size whatever its local mass; the server's mass-weighted average decides how much each
+    client's update counts. Every client shuffles its own samples with its own generator and walks
+    its own mini-batches; the group takes ceil(N / batch_size) steps an epoch and a client with
+    fewer samples simply sits the last steps out.
     """
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    n = x.shape[0]
+    groups = len(generators)
+    matrix = start.expand(groups, *start.shape).clone().requires_grad_(True)
+    first, second = torch.zeros_like(matrix), torch.zeros_like(matrix)
+    steps = torch.zeros(groups, dtype=torch.int64, device=matrix.device)
+    k, z = layout.num_components, layout.shape.latent
+    rows = torch.arange(groups, device=x.device)[:, None]
     for _ in range(epochs):
-        order = torch.randperm(n, generator=generator, device=generator.device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            w = weights[idx].T  # [K, B]
-            elbo, logits = model.elbo(x[idx], generator)
-            nll_y = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), y[idx].repeat(logits.shape[0]), reduction="none"
-            ).reshape(w.shape)
-            per_component = (w * (-elbo + label_weight * nll_y)).sum(1) / w.sum(1).clamp_min(1e-8)
-            opt.zero_grad(set_to_none=True)
-            per_component.sum().backward()
-            opt.step()
+        orders = [torch.randperm(int(n), generator=gen, device=gen.device) for n, gen in zip(counts.tolist(), generators)]
+        for step in range(math.ceil(x.shape[1] / batch_size)):
+            index, batch_mask = batch_schedule(orders, step, batch_size)
+            sizes = batch_mask.sum(1).tolist()
+            noise = stacked_normal(generators, [(k, s, z) for s in sizes], (k, batch_size, z), axis=1)
+            elbo, logits = vae.elbo(layout.unflatten(matrix), x[rows, index], noise)
+            labels = y[rows, index].unsqueeze(1).expand(-1, k, -1)
+            nll_y = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                    reduction="none").reshape(elbo.shape)
+            # contiguous: with G = 1 a permuted view can pass for contiguous and send the backward
+            # matmuls down another path, which would make a client's bits depend on its group's size
+            w = (weights[rows, index] * batch_mask.unsqueeze(2)).permute(0, 2, 1).contiguous()  # [G, K, B]
+            per_component = (w * (-elbo + label_weight * nll_y)).sum(2) / w.sum(2).clamp_min(1e-8)
+            (grad,) = torch.autograd.grad(per_component.sum(), matrix)
+            with torch.no_grad():
+                adam_step(matrix, grad, first, second, steps, batch_mask.any(1), lr)
+    return matrix.detach()

@@ -27,7 +27,8 @@ import torch
 
 from .. import rng as rngs
 from ..config import Config
-from ..models.vae import MixtureVAE, ParamLayout, VAEShape
+from ..models import vae
+from ..models.vae import ParamLayout, VAEShape
 from ..scenarios.base import ClientData, Scenario
 from . import codebook, em, topics
 from .base import Aggregated, Broadcast, ClientUpload, ModelLayout, Summed, UploadLayout, no_upload, pack, unpack
@@ -50,19 +51,6 @@ class ServerState:
     collapsed: set[int] = field(default_factory=set)
 
 
-@dataclass
-class ClientState:
-    x: torch.Tensor
-    y: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    proportions: torch.Tensor  # pi_c [K]
-    words: np.ndarray | None = None
-    histogram: np.ndarray | None = None
-    topic_weights: np.ndarray | None = None  # [R, K]
-    initial_responsibilities: torch.Tensor | None = None
-
-
 class FedGMI:
     name = "fedgmi"
 
@@ -75,9 +63,23 @@ class FedGMI:
         self.input_dim = scenario.input_dim
         self.shape = VAEShape(scenario.num_components, scenario.input_dim, scenario.num_classes,
                               config.model.hidden, config.model.latent)
-        self.model = MixtureVAE(self.shape, device=self.device)  # worker scratch copy, reloaded per client
-        self.layout = ParamLayout(self.model)
+        self.layout = ParamLayout(self.shape)
         self.warmup_rounds = min(self.cfg.warmup_rounds, self.cfg.rounds) if self.cfg.init == "topics" else 0
+        self.seen = np.array([c.client_id for c in scenario.clients if c.seen], dtype=np.int64)
+        self.everyone = np.arange(len(scenario.clients), dtype=np.int64)
+        # Canonical shapes: every client's samples are padded to the largest client's, so a client's
+        # arithmetic is the same whichever group (and rank) computes it.
+        self.max_train = max(c.num_train for c in scenario.clients)
+        self.max_test = max(len(c.x_test) for c in scenario.clients)
+        self.evaluated = self.everyone
+        if self.cfg.eval_clients and self.cfg.eval_clients < len(self.everyone):
+            pick = rngs.numpy_rng(self.seed, rngs.COHORT, 0).choice(len(self.everyone), self.cfg.eval_clients, replace=False)
+            self.evaluated = np.sort(self.everyone[pick])
+        # This rank's memory of broadcasts its clients keep: the codebook (sent in the first topics
+        # round, which every seen client takes part in) and each client's codewords, recomputed
+        # from it wherever the client runs.
+        self.codebook: np.ndarray | None = None
+        self.words: dict[int, np.ndarray] = {}
 
     # ---- declarations -------------------------------------------------------------------
     def metric_specs(self) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -107,8 +109,23 @@ class FedGMI:
                            control_bytes=4 * largest_control.size)
 
     def initial_model(self) -> np.ndarray:
-        model = MixtureVAE(self.shape, generator=rngs.torch_generator(self.seed, rngs.SERVER, 0))
-        return ParamLayout(model).to_matrix(model).numpy().astype(np.float32)
+        return vae.init_matrix(self.shape, rngs.torch_generator(self.seed, rngs.SERVER, 0)).numpy()
+
+    def memory_per_client(self) -> int:
+        """Peak bytes a client adds to a group: the decoder's activations for one chunk of 16
+        importance samples over its padded samples, with room for temporaries."""
+        h, d, k = self.shape.hidden, self.input_dim, self.num_components
+        return 2 * 4 * k * 16 * max(self.max_train, self.max_test) * (2 * h + 3 * d)
+
+    def client_state_spec(self) -> dict[str, tuple[int, ...]]:
+        """What a client keeps between its rounds (everything else is its data or recomputed)."""
+        k = self.num_components
+        return {"proportions": (k,), "topic_weights": (self.cfg.topic_restarts, k)}
+
+    def init_client(self, client: ClientData) -> dict[str, np.ndarray]:
+        k = self.num_components
+        return {"proportions": np.full(k, np.float32(1.0 / k)),
+                "topic_weights": np.full((self.cfg.topic_restarts, k), 1.0 / k)}
 
     # ---- server -------------------------------------------------------------------------
     def init_server(self) -> ServerState:
@@ -120,26 +137,37 @@ class FedGMI:
             codebook=codebook.start(self.input_dim, self.cfg.codebook_size, self.cfg.codebook_lloyd_iterations),
         )
 
+    def cohort(self, train_round: int) -> np.ndarray:
+        """The seen clients that train in a round: ``clients_per_round`` of them, drawn from the
+        server's own stream for that round (all of them by default)."""
+        size = self.cfg.clients_per_round
+        if not size or size >= len(self.seen):
+            return self.seen
+        return np.sort(rngs.numpy_rng(self.seed, rngs.COHORT, 1, train_round).choice(self.seen, size, replace=False))
+
     def configure(self, state: ServerState) -> Broadcast | None:
+        # The initialisation involves every seen client; unseen clients only ever run inference.
         if state.phase == "codebook":
-            return Broadcast("codebook", state.round, pack([state.codebook.centroids]))
+            return Broadcast("codebook", state.round, pack([state.codebook.centroids]), cohort=self.seen)
         if state.phase == "topics":
             # Clients turn their samples into codewords once, in the first topics round, and keep
             # them: the (final) codebook travels only then.
             centroids = state.codebook.centroids if state.topic_iteration == 0 else np.zeros((0, 0))
-            return Broadcast("topics", state.round, pack([centroids, state.topics]))
+            return Broadcast("topics", state.round, pack([centroids, state.topics]), cohort=self.seen)
         due_eval = self.cfg.eval_every > 0 and state.train_round > 0 and state.train_round % self.cfg.eval_every == 0
         at_end = state.train_round >= self.cfg.rounds
         if (due_eval or at_end) and state.last_eval_train_round != state.train_round:
-            return Broadcast("evaluate", state.round, pack([]), model=state.params, evaluation_only=True)
+            return Broadcast("evaluate", state.round, pack([]), model=state.params, evaluation_only=True,
+                             cohort=self.evaluated)
         if at_end:
             return None
         warmup = state.train_round < self.warmup_rounds
         control = np.array([float(warmup), float(state.best_restart)])
-        # The initial responsibilities are computed once, in the first warm-up round: the topic
-        # table travels only then.
-        best_topics = state.topics[state.best_restart] if warmup and state.train_round == 0 else np.zeros((0, 0))
-        return Broadcast("train", state.round, pack([control, best_topics]), model=state.params)
+        # A client computes its initial responsibilities in its first warm-up round, which with
+        # cohorts may be any of them: the topic table travels in every warm-up round.
+        best_topics = state.topics[state.best_restart] if warmup else np.zeros((0, 0))
+        return Broadcast("train", state.round, pack([control, best_topics]), model=state.params,
+                         cohort=self.cohort(state.train_round))
 
     def upload_layout(self, broadcast: Broadcast) -> UploadLayout:
         if broadcast.phase == "codebook":
@@ -205,111 +233,171 @@ class FedGMI:
         return events
 
     # ---- client -------------------------------------------------------------------------
-    def init_client(self, client: ClientData) -> ClientState:
-        def tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(a, device=self.device)
-
-        k = self.num_components
-        return ClientState(
-            x=tensor(client.x_train.astype(np.float32)), y=tensor(client.y_train.astype(np.int64)),
-            x_test=tensor(client.x_test.astype(np.float32)), y_test=tensor(client.y_test.astype(np.int64)),
-            proportions=torch.full((k,), 1.0 / k, device=self.device),
-        )
-
-    def client_update(self, broadcast: Broadcast, client: ClientData, state: ClientState) -> ClientUpload:
-        if broadcast.phase == "codebook":
-            return self._codebook_update(broadcast, client, state)
+    def observe(self, broadcast: Broadcast) -> None:
+        """Every rank sees every broadcast: keep the codebook, which travels once."""
         if broadcast.phase == "topics":
-            return self._topics_update(broadcast, client, state)
-        if broadcast.phase == "train":
-            return self._train_update(broadcast, client, state)
-        return self._evaluate(broadcast, client, state)
+            centroids, _ = unpack(broadcast.payload)
+            if centroids.size:
+                self.codebook = centroids.astype(np.float64)
+                self.words.clear()
 
-    def _codebook_update(self, broadcast: Broadcast, client: ClientData, state: ClientState) -> ClientUpload:
+    def client_update(self, broadcast: Broadcast, client: ClientData, state: dict[str, np.ndarray]) -> ClientUpload:
+        return self.group_update(broadcast, [client], [state])[0]
+
+    def group_update(self, broadcast: Broadcast, clients: list[ClientData],
+                     states: list[dict[str, np.ndarray]]) -> list[ClientUpload]:
+        """The training and evaluation rounds of a group run as one batched computation; the
+        initialisation rounds are a few array operations per client."""
+        if broadcast.phase == "codebook":
+            return [self._codebook_update(broadcast, client) for client in clients]
+        if broadcast.phase == "topics":
+            return [self._topics_update(broadcast, client, state) for client, state in zip(clients, states)]
+        if broadcast.phase == "train":
+            return self._train_group(broadcast, clients, states)
+        return self._evaluate_group(broadcast, clients)
+
+    def _codebook_update(self, broadcast: Broadcast, client: ClientData) -> ClientUpload:
         if not client.seen:
             return no_upload()
         (centroids,) = unpack(broadcast.payload)
         stats = codebook.cluster_statistics(client.x_train.astype(np.float64), centroids.astype(np.float64))
         return ClientUpload(delta=None, weights=np.zeros(0), statistics=stats)
 
-    def _topics_update(self, broadcast: Broadcast, client: ClientData, state: ClientState) -> ClientUpload:
+    def _words(self, client: ClientData) -> np.ndarray:
+        if client.client_id not in self.words:
+            if self.codebook is None:
+                raise RuntimeError(f"client {client.client_id}: no codebook on this rank (the first topics round carries it)")
+            self.words[client.client_id] = codebook.nearest(client.x_train.astype(np.float64), self.codebook)
+        return self.words[client.client_id]
+
+    def _topics_update(self, broadcast: Broadcast, client: ClientData, state: dict[str, np.ndarray]) -> ClientUpload:
         if not client.seen:
             return no_upload()
-        centroids, topic_words = unpack(broadcast.payload)
-        if state.words is None:  # the codebook is final once the topics phase starts
-            if not centroids.size:
-                raise RuntimeError(f"client {client.client_id} missed the first topics round, which carries the codebook")
-            state.words = codebook.nearest(client.x_train.astype(np.float64), centroids.astype(np.float64))
-            state.histogram = np.bincount(state.words, minlength=len(centroids)).astype(np.float64)
-            state.topic_weights = np.full(topic_words.shape[:2], 1.0 / topic_words.shape[1])
-        state.topic_weights, expected, loglik = topics.client_step(
-            state.histogram, state.topic_weights, topic_words.astype(np.float64))
+        _, topic_words = unpack(broadcast.payload)
+        histogram = np.bincount(self._words(client), minlength=topic_words.shape[2]).astype(np.float64)
+        state["topic_weights"][:], expected, loglik = topics.client_step(
+            histogram, state["topic_weights"], topic_words.astype(np.float64))
         return ClientUpload(delta=None, weights=np.zeros(0), statistics=np.concatenate([expected.ravel(), loglik]))
 
-    def _likelihoods(self, x: torch.Tensor, samples: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        log_px, logits = self.model.iw_log_likelihood(x, samples, generator)
-        return log_px.T, logits  # [N, K], [K, N, C]
+    def _batch(self, clients: list[ClientData]) -> "Batch":
+        return Batch.of(clients, self.max_train, self.max_test, self.device)
 
-    def _metrics(self, client: ClientData, state: ClientState, proportions: torch.Tensor, log_px: torch.Tensor,
-                 responsibilities: torch.Tensor, test_samples: int, generator: torch.Generator) -> dict[str, np.ndarray]:
-        test_log_px, test_logits = self._likelihoods(state.x_test, test_samples, generator)
-        predicted = em.predict_proba(test_log_px, test_logits, proportions).argmax(1)
+    def _generators(self, clients: list[ClientData], purpose: int, round_index: int) -> list[torch.Generator]:
+        return [rngs.torch_generator(self.seed, purpose, c.client_id, round_index, device=self.device) for c in clients]
+
+    def _noise(self, generators: list[torch.Generator], samples: int, counts: list[int], padded: int) -> torch.Tensor:
+        k, z = self.num_components, self.shape.latent
+        return em.stacked_normal(generators, [(samples, k, n, z) for n in counts], (samples, k, padded, z), axis=2)
+
+    def _metrics(self, clients: list[ClientData], batch: "Batch", params: vae.Params, proportions: torch.Tensor,
+                 log_likelihood: torch.Tensor, resp: torch.Tensor, test_samples: int,
+                 generators: list[torch.Generator]) -> list[dict[str, np.ndarray]]:
+        noise = self._noise(generators, test_samples, batch.test_counts.tolist(), self.max_test)
+        test_log_px, test_logits = vae.iw_log_likelihood(params, batch.x_test, noise)
+        predicted = em.predict_proba(test_log_px.transpose(1, 2), test_logits, proportions).argmax(2)
+        correct = ((predicted == batch.y_test) & batch.test_mask).sum(1).double() / batch.test_counts.double()
+        mean_ll = em.masked_mean(log_likelihood, batch.mask).double().cpu().numpy()
+        assigned = resp.argmax(2).cpu().numpy()
+        proportions_np = proportions.double().cpu().numpy()
+        correct = correct.cpu().numpy()
         k = self.num_components
-        confusion = np.zeros((k, k))
-        if client.true_components_train is not None:  # evaluation only: never feeds back into training
-            np.add.at(confusion, (client.true_components_train, responsibilities.argmax(1).cpu().numpy()), 1.0)
-        return {
-            "proportions": proportions.cpu().numpy().astype(np.float64),
-            "log_likelihood": log_px.mean(0).cpu().numpy().astype(np.float64),
-            "accuracy": np.array((predicted == state.y_test).double().mean().item()),
-            "confusion": confusion,
-        }
+        out = []
+        for g, client in enumerate(clients):
+            confusion = np.zeros((k, k))
+            if client.true_components_train is not None:  # evaluation only: never feeds back into training
+                np.add.at(confusion, (client.true_components_train, assigned[g, : client.num_train]), 1.0)
+            out.append({"proportions": proportions_np[g], "log_likelihood": mean_ll[g],
+                        "accuracy": np.array(correct[g]), "confusion": confusion})
+        return out
 
-    def _train_update(self, broadcast: Broadcast, client: ClientData, state: ClientState) -> ClientUpload:
+    def _train_group(self, broadcast: Broadcast, clients: list[ClientData],
+                     states: list[dict[str, np.ndarray]]) -> list[ClientUpload]:
         control, best_topics = unpack(broadcast.payload)
         warmup, best_restart = bool(control[0]), int(control[1])
-        global_params = torch.as_tensor(broadcast.model, device=self.device)
-        self.layout.load_matrix(self.model, global_params)
-        generator = rngs.torch_generator(self.seed, rngs.CLIENT_TRAIN, client.client_id, broadcast.round, device=self.device)
-
-        with torch.no_grad():
-            log_px, logits = self._likelihoods(state.x, self.cfg.estep_samples, generator)
-        if warmup and client.seen:
-            if state.initial_responsibilities is None:
-                if not best_topics.size:
-                    raise RuntimeError(f"client {client.client_id} missed the first warm-up round, which carries the topics")
-                weights = state.topic_weights[best_restart]
-                state.initial_responsibilities = torch.as_tensor(
-                    topics.initial_responsibilities(state.words, weights, best_topics.astype(np.float64)),
-                    dtype=torch.float32, device=self.device)
-            resp = state.initial_responsibilities
-            state.proportions = resp.mean(0)
+        start = torch.as_tensor(broadcast.model, device=self.device)
+        params = self.layout.unflatten(start.expand(len(clients), *start.shape))
+        generators = self._generators(clients, rngs.CLIENT_TRAIN, broadcast.round)
+        batch = self._batch(clients)
+        counts = batch.counts.tolist()
+        log_px, logits = vae.iw_log_likelihood(params, batch.x, self._noise(generators, self.cfg.estep_samples, counts,
+                                                                          self.max_train))
+        log_likelihood = log_px.transpose(1, 2)  # [G, N, K]
+        if warmup:
+            resp = torch.zeros_like(log_likelihood)
+            for g, (client, state) in enumerate(zip(clients, states)):
+                resp[g, : client.num_train] = torch.as_tensor(topics.initial_responsibilities(
+                    self._words(client), state["topic_weights"][best_restart], best_topics.astype(np.float64)))
+            proportions = em.masked_mean(resp, batch.mask)
         else:
-            estep_ll = log_px
+            estep_ll = log_likelihood
             if self.cfg.estep_uses_labels:
-                label_ll = torch.log_softmax(logits, -1).gather(2, state.y.view(1, -1, 1).expand(len(logits), -1, 1))
-                estep_ll = log_px + label_ll.squeeze(2).T
-            state.proportions, resp = em.fit_proportions(estep_ll, state.proportions, self.cfg.proportion_iterations)
-        with torch.no_grad():
-            metrics = self._metrics(client, state, state.proportions, log_px, resp, self.cfg.test_samples, generator)
-        if not client.seen:
-            return no_upload(metrics)
+                labels = batch.y.unsqueeze(1).expand(-1, self.num_components, -1).unsqueeze(3)
+                estep_ll = log_likelihood + torch.log_softmax(logits, -1).gather(3, labels).squeeze(3).transpose(1, 2)
+            prior = torch.as_tensor(np.stack([s["proportions"] for s in states]), dtype=torch.float32, device=self.device)
+            proportions, resp = em.fit_proportions(estep_ll, batch.mask, prior, self.cfg.proportion_iterations)
+        metrics = self._metrics(clients, batch, params, proportions, log_likelihood, resp, self.cfg.test_samples,
+                                generators)
+        for state, value in zip(states, proportions.cpu().numpy()):
+            state["proportions"][:] = value
+        weights = resp * batch.mask.unsqueeze(2)
+        trained = em.local_m_step(self.layout, start, batch.x, batch.y, batch.counts, weights, self.cfg.local_epochs,
+                                  self.cfg.batch_size, self.cfg.lr, self.cfg.label_weight, generators)
+        delta = (trained - start).cpu().numpy()
+        mass = weights.sum(1).double().cpu().numpy()
+        return [ClientUpload(delta=delta[g], weights=mass[g], statistics=np.zeros(0), metrics=metrics[g])
+                if client.seen else no_upload(metrics[g]) for g, client in enumerate(clients)]
 
-        em.local_m_step(self.model, state.x, state.y, resp, self.cfg.local_epochs, self.cfg.batch_size,
-                        self.cfg.lr, self.cfg.label_weight, generator)
-        delta = (self.layout.to_matrix(self.model) - global_params).cpu().numpy()
-        mass = resp.sum(0).double().cpu().numpy()
-        return ClientUpload(delta=delta, weights=mass, statistics=np.zeros(0), metrics=metrics)
-
-    def _evaluate(self, broadcast: Broadcast, client: ClientData, state: ClientState) -> ClientUpload:
-        self.layout.load_matrix(self.model, torch.as_tensor(broadcast.model, device=self.device))
-        generator = rngs.torch_generator(self.seed, rngs.CLIENT_EVAL, client.client_id, broadcast.round, device=self.device)
+    def _evaluate_group(self, broadcast: Broadcast, clients: list[ClientData]) -> list[ClientUpload]:
+        """Inference only: what an unseen client does, from uniform proportions; the clients'
+        training proportions are left alone."""
+        start = torch.as_tensor(broadcast.model, device=self.device)
+        params = self.layout.unflatten(start.expand(len(clients), *start.shape))
+        generators = self._generators(clients, rngs.CLIENT_EVAL, broadcast.round)
+        batch = self._batch(clients)
         k = self.num_components
-        with torch.no_grad():
-            log_px, _ = self._likelihoods(state.x, self.cfg.eval_samples, generator)
-            uniform = torch.full((k,), 1.0 / k, device=self.device)
-            proportions, resp = em.fit_proportions(log_px, uniform, EVAL_PROPORTION_ITERATIONS)
-            # Inference leaves the client's training proportions alone.
-            metrics = self._metrics(client, state, proportions, log_px, resp, self.cfg.eval_samples, generator)
-            metrics["mixture_log_likelihood"] = np.array(em.mixture_log_likelihood(log_px, proportions).mean().item())
-        return no_upload(metrics)
+        noise = self._noise(generators, self.cfg.eval_samples, batch.counts.tolist(), self.max_train)
+        log_px, _ = vae.iw_log_likelihood(params, batch.x, noise)
+        log_likelihood = log_px.transpose(1, 2)
+        uniform = torch.full((len(clients), k), 1.0 / k, device=self.device)
+        proportions, resp = em.fit_proportions(log_likelihood, batch.mask, uniform, EVAL_PROPORTION_ITERATIONS)
+        metrics = self._metrics(clients, batch, params, proportions, log_likelihood, resp, self.cfg.eval_samples,
+                                generators)
+        mixture = em.masked_mean(em.mixture_log_likelihood(log_likelihood, proportions).unsqueeze(2), batch.mask)
+        for g, value in enumerate(mixture[:, 0].double().cpu().numpy()):
+            metrics[g]["mixture_log_likelihood"] = np.array(value)
+        return [no_upload(m) for m in metrics]
+
+
+@dataclass
+class Batch:
+    """A group's samples on the device, each client padded to the canonical sizes; masks say
+    which rows are real."""
+
+    x: torch.Tensor  # [G, N, D]
+    y: torch.Tensor  # [G, N]
+    mask: torch.Tensor  # [G, N] bool
+    counts: torch.Tensor  # [G]
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    test_mask: torch.Tensor
+    test_counts: torch.Tensor
+
+    @classmethod
+    def of(cls, clients: list[ClientData], max_train: int, max_test: int, device: torch.device) -> "Batch":
+        def pad(arrays: list[np.ndarray], length: int, dtype) -> torch.Tensor:
+            out = np.zeros((len(arrays), length, *arrays[0].shape[1:]), dtype=dtype)
+            for g, a in enumerate(arrays):
+                out[g, : len(a)] = a
+            return torch.from_numpy(out).to(device)
+
+        def mask(counts: list[int], length: int) -> torch.Tensor:
+            return (torch.arange(length)[None, :] < torch.tensor(counts)[:, None]).to(device)
+
+        train, test = [c.num_train for c in clients], [len(c.x_test) for c in clients]
+        return cls(
+            x=pad([c.x_train for c in clients], max_train, np.float32), y=pad([c.y_train for c in clients], max_train, np.int64),
+            mask=mask(train, max_train), counts=torch.tensor(train, device=device),
+            x_test=pad([c.x_test for c in clients], max_test, np.float32),
+            y_test=pad([c.y_test for c in clients], max_test, np.int64),
+            test_mask=mask(test, max_test), test_counts=torch.tensor(test, device=device),
+        )

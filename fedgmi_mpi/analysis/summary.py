@@ -15,23 +15,26 @@ SUMMARY_FIELDS = (
 def summarize(metrics: dict[str, np.ndarray], scenario: Scenario) -> dict[str, float | np.ndarray]:
     """From per-client ``proportions`` [C, K], ``confusion`` [C, K, K] and ``accuracy`` [C].
 
-    Learned components are matched to true ones once, on the seen clients' pooled confusion,
-    and the same matching scores the unseen clients. NaN where there is no truth or no client.
+    Only clients that reported (took part in the round) count. Learned components are matched to
+    true ones once, on the seen clients' pooled confusion, and the same matching scores the unseen
+    clients. NaN where there is no truth or no client.
     """
-    seen = np.array([c.seen for c in scenario.clients])
+    reported = ~np.isnan(metrics["accuracy"])
+    is_seen = np.array([c.seen for c in scenario.clients])
+    seen, unseen = is_seen & reported, ~is_seen & reported
     k = scenario.num_components
     out: dict[str, float | np.ndarray] = {name: float("nan") for name in SUMMARY_FIELDS}
     out["permutation"] = np.full(k, -1, dtype=np.int64)
     accuracy = metrics["accuracy"]
-    for suffix, mask in (("", seen), ("_unseen", ~seen)):
+    for suffix, mask in (("", seen), ("_unseen", unseen)):
         if mask.any():
             out["accuracy" + suffix] = float(np.mean(accuracy[mask]))
     actual = scenario.actual_proportions()
-    if actual is None or metrics["proportions"].shape[1] != k:
+    if actual is None or metrics["proportions"].shape[1] != k or not seen.any():
         return out
     perm = match_components(metrics["confusion"][seen].sum(0))
     out["permutation"] = perm
-    for suffix, mask in (("", seen), ("_unseen", ~seen)):
+    for suffix, mask in (("", seen), ("_unseen", unseen)):
         if mask.any():
             out["assignment_accuracy" + suffix] = assignment_accuracy(metrics["confusion"][mask].sum(0), perm)
             out["proportion_mae" + suffix] = proportion_mae(metrics["proportions"][mask], actual[mask], perm)

@@ -307,6 +307,12 @@ class Downlink:
             raise BudgetError(f"round {broadcast.round}: broadcast of {len(data)} bytes exceeds its cap of {self.cap}")
         return data
 
+    @staticmethod
+    def model_bytes(data: np.ndarray) -> int:
+        """How many of a message's bytes carry the model (the rest: framing and control values)."""
+        payload = int(np.frombuffer(np.asarray(data, dtype=np.uint8)[1:DOWNLINK_HEADER].tobytes(), dtype=np.uint32)[0])
+        return len(data) - DOWNLINK_HEADER - 4 * payload
+
     def decode(self, phase: str, round_index: int, data: np.ndarray) -> Broadcast:
         src = Reader(data)
         flags = int(src.array(1, np.uint8)[0])

@@ -4,7 +4,7 @@ Layout (see docs/hdf5-schema.md):
   /                    attrs: config (JSON), seed, versions (JSON), mpi_library, world_size,
                        git_commit, schema_version, created, command, the budget and methods
   /status              [1] int8: 0 running, 1 complete (readable while the run goes on)
-  /rounds/{phase, wall_time, bytes_down, bytes_up, downlink_cap, uplink_cap,
+  /rounds/{phase, wall_time, participated, bytes_down, bytes_up, downlink_cap, uplink_cap,
            mpi_broadcast_bytes, mpi_reduce_bytes, mpi_gather_bytes}   one row per communication round
   /<phase>/round       communication round index of each row of this phase
   /<phase>/<metric>    [rows, clients, ...] per-client metrics the algorithm reports
@@ -119,8 +119,13 @@ class RunLog:
         _growable(rounds, "phase", (), np.int8)
         rounds["phase"].attrs["phases"] = json.dumps(phases)
         _growable(rounds, "wall_time", (), np.float64)
+        _growable(rounds, "participated", (num_clients,), np.int8)
+        rounds["participated"].attrs["legend"] = "1: the client took part in the round (its cohort); 0: it did nothing"
         _growable(rounds, "bytes_down", (num_clients,), np.int64)
         _growable(rounds, "bytes_up", (num_clients,), np.int64)
+        _growable(rounds, "bytes_catch_up", (num_clients,), np.int64)
+        rounds["bytes_catch_up"].attrs["legend"] = ("bytes a client that missed rounds downloads first, to hold the "
+                                                   "model the others hold (compressed downlink only; outside the cap)")
         for direction in ("downlink", "uplink"):
             _growable(rounds, f"{direction}_cap", (), np.int64)
             rounds[f"{direction}_cap"].attrs["legend"] = "bytes a client may move this round; -1: no cap"
@@ -156,13 +161,18 @@ class RunLog:
         downlink_cap: int = -1,
         uplink_cap: int = -1,
         mpi_bytes: dict[str, int] | None = None,
+        participated: np.ndarray | None = None,
+        catch_up: np.ndarray | None = None,
     ) -> None:
         check_caps(round_index, bytes_down, bytes_up, downlink_cap, uplink_cap)  # before anything is written
         f = self.file
         _append(f["rounds/phase"], self.phases.index(phase))
         _append(f["rounds/wall_time"], wall_time)
+        _append(f["rounds/participated"], np.ones(len(bytes_down), np.int8) if participated is None
+                else np.asarray(participated, dtype=np.int8))
         _append(f["rounds/bytes_down"], np.nan_to_num(bytes_down).astype(np.int64))
         _append(f["rounds/bytes_up"], np.nan_to_num(bytes_up).astype(np.int64))
+        _append(f["rounds/bytes_catch_up"], np.zeros(len(bytes_down), np.int64) if catch_up is None else catch_up)
         _append(f["rounds/downlink_cap"], downlink_cap)
         _append(f["rounds/uplink_cap"], uplink_cap)
         for collective in MPI_COLLECTIVES:

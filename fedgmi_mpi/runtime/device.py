@@ -22,3 +22,29 @@ def choose_device(requested: str, local_rank: int) -> torch.device:
     if not index.isdigit() or int(index) >= torch.cuda.device_count():
         raise UserError(f"runtime.device={requested}: this node has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(requested)
+
+
+# Largest automatic group on a CPU: beyond it a group's activations leave the caches and batching
+# buys nothing (benchmarks/group_speed.py); a GPU takes as many as its free memory holds.
+CPU_GROUP = 16
+
+
+def free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 2**30
+
+
+def group_size(requested: int, algorithm: object, device: torch.device) -> int:
+    """``runtime.group_size`` when given; else as many clients as half the free memory holds, by
+    the algorithm's own estimate of a client's peak memory in a group (at most CPU_GROUP on a CPU)."""
+    if requested:
+        return requested
+    per_client = getattr(algorithm, "memory_per_client", lambda: 0)()
+    fits = max(1, free_memory(device) // 2 // max(per_client, 1))
+    return int(min(fits, CPU_GROUP if device.type == "cpu" else 8192))

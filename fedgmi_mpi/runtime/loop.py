@@ -1,12 +1,17 @@
 """The round loop, the same for every transport.
 
-Per round: the server configures a broadcast and the downlink channel turns it into bytes; the
-transport carries the bytes to every rank, and every rank (the server too) decodes them into the
-same broadcast and the same replica of the clients' model. Every rank runs its hosted clients,
-passes each upload through the uplink channel (serialised, capped, decoded as the server would),
-and adds ``weights * delta``, ``weights`` and the exact statistics into one int64 fixed-point
-buffer; one reduce brings the sum to the server and one gather brings the small per-client metric
-rows. The loop knows nothing of the algorithm's phases, of the codecs, or of MPI.
+Per round: the server configures a broadcast (with the round's cohort: who takes part) and the
+downlink channel turns it into bytes; the transport carries them to every rank, and every rank
+(the server too) decodes them into the same broadcast and the same replica of the clients'
+model. The cohort is split over the worker ranks by workload, afresh every round, so no rank
+idles while another trains most of it; every rank holds every client's data and the runtime's
+table of every client's small state, so any rank can run any client. A rank runs its share in
+groups (one batched computation each when the algorithm can), passes each upload through the
+uplink channel (serialised, capped, decoded as the server would), and adds ``weights * delta``,
+``weights`` and the exact statistics into one int64 fixed-point buffer; one reduce brings the sum
+to the server, and one all-gather brings every rank the round's per-client rows (metrics for the
+log, updated client state for the table). The loop knows nothing of the algorithm's phases, of
+the codecs, or of MPI.
 """
 from __future__ import annotations
 
@@ -21,27 +26,34 @@ from ..compression import Channels
 from ..compression.channel import ClientChannel, Uplink
 from ..scenarios.base import Scenario
 from . import exact_sum
+from .placement import assign_clients, client_workloads
+from .state import StateTable
 
 COLLECTIVES = ("broadcast", "reduce", "gather")
 
 
 @dataclass
 class Message:
-    """A broadcast as the transport carries it: the phase and round travel in the transport's header."""
+    """A broadcast as the transport carries it: phase, round and cohort travel in the transport's
+    header, the downlink channel's bytes as they are."""
 
     phase: str
     round: int
-    data: np.ndarray  # uint8, the downlink channel's bytes
+    data: np.ndarray  # uint8
+    cohort: np.ndarray | None = None  # int64 client ids; None: every client
 
 
 class Transport(Protocol):
     is_server: bool
-    hosted: list[int]  # client ids this rank runs, ascending
+    workers: int  # ranks that run clients
+    worker: int  # this rank's index among them; -1 for a rank that runs none
     moved: dict[str, int]  # bytes the last round's collectives moved between ranks, by collective
 
     def broadcast(self, message: Message | None) -> Message | None: ...
     def reduce_sum(self, local: np.ndarray) -> np.ndarray | None: ...
-    def gather_rows(self, rows: np.ndarray) -> np.ndarray | None: ...
+    def share_rows(self, rows: np.ndarray, counts: list[int]) -> np.ndarray:
+        """Every worker's rows (``counts[w]`` of them from worker w, in worker order) on every rank."""
+        ...
 
 
 @dataclass
@@ -57,6 +69,8 @@ class RoundRecord:
     downlink_cap: int = -1  # bytes; -1: this round has no cap
     uplink_cap: int = -1
     mpi_bytes: dict[str, int] = field(default_factory=dict)
+    participants: np.ndarray | None = None  # bool [clients]: who took part
+    catch_up: np.ndarray | None = None  # [clients] bytes a returning client downloads to hold the current model
 
 
 def _metric_columns(spec: dict[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...], int, int]]:
@@ -72,19 +86,75 @@ def _buffer_size(layout: UploadLayout) -> int:
     return layout.rows * layout.row_size + layout.rows + layout.statistics
 
 
+@dataclass
+class Groups:
+    """How a rank runs its clients: in groups of ``size`` through ``group_update`` when the
+    algorithm has one and ``batched`` is on, else one by one."""
+
+    batched: bool = True
+    size: int = 16
+
+    def run(self, algorithm: Algorithm, broadcast: Broadcast, clients: list, states: list) -> list[ClientUpload]:
+        group_update = getattr(algorithm, "group_update", None)
+        if not self.batched or group_update is None:
+            return [algorithm.client_update(broadcast, c, s) for c, s in zip(clients, states)]
+        uploads = []
+        for start in range(0, len(clients), self.size):
+            uploads += group_update(broadcast, clients[start:start + self.size], states[start:start + self.size])
+        return uploads
+
+
+class Downloads:
+    """Bytes each client receives: the round's message (which the downlink cap bounds) and, under a
+    compressed downlink, a catch-up for a client that missed rounds since it last took part - the
+    missed messages' model bytes, or the dense model if that is less - so that it holds the replica
+    the others hold before it applies this round's change. The catch-up is a transfer of its own,
+    outside the round's cap, and logged apart. Every rank sees every message and every cohort, so
+    every rank keeps the same books without communicating."""
+
+    def __init__(self, num_clients: int, dense_model_bytes: int, compressed: bool):
+        self.sent = 0  # model bytes of every committed broadcast so far
+        self.synced = np.zeros(num_clients, dtype=np.int64)  # ``sent`` when each client last synced
+        self.dense = dense_model_bytes
+        self.compressed = compressed
+
+    def round(self, message_bytes: int, model_bytes: int, has_model: bool, commits: bool,
+              participants: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(message bytes, catch-up bytes) per client for this round."""
+        message = np.where(participants, message_bytes, 0).astype(np.int64)
+        catch_up = np.zeros(len(self.synced), dtype=np.int64)
+        if has_model and self.compressed:
+            missed = self.sent - self.synced[participants]
+            catch_up[participants] = np.minimum(missed, self.dense)
+            if commits:
+                self.sent += model_bytes
+            self.synced[participants] = self.sent
+        return message, catch_up
+
+
 def run(
     algorithm: Algorithm,
     scenario: Scenario,
     channels: Channels,
     transport: Transport,
     on_round: Callable[[RoundRecord], None] | None = None,
+    groups: Groups | None = None,
 ) -> Any:
     """Run to the end; returns the server's final state on the server, None elsewhere."""
-    client_states = {cid: algorithm.init_client(scenario.clients[cid]) for cid in transport.hosted}
-    channel_states = {cid: channels.uplink.init_client() for cid in transport.hosted}
+    groups = groups or Groups()
+    clients = scenario.clients
+    table = StateTable(algorithm.client_state_spec(), [algorithm.init_client(c) for c in clients])
+    workloads = client_workloads([c.num_train for c in clients], [len(c.x_test) for c in clients], [c.seen for c in clients])
+    # A client whose uplink keeps state (an error-feedback residual) always runs on its home rank,
+    # where that state lives; otherwise the cohort is balanced over the workers every round.
+    home = assign_clients(workloads, transport.workers)
+    pinned = channels.uplink.error_feedback
+    channel_states: dict[int, ClientChannel] = {}
+    downloads = Downloads(len(clients), 4 * channels.downlink.layout.parameters, channels.downlink.cap is not None)
     server_state = algorithm.init_server() if transport.is_server else None
     specs = {phase: _metric_columns(spec) for phase, spec in algorithm.metric_specs().items()}
-    limit = exact_sum.contribution_limit(len(scenario.clients))
+    limit = exact_sum.contribution_limit(len(clients))
+    observe = getattr(algorithm, "observe", None)
 
     while True:
         started = time.perf_counter()
@@ -92,33 +162,55 @@ def run(
         if transport.is_server:
             configured = algorithm.configure(server_state)
             if configured is not None:
-                message = Message(configured.phase, configured.round, channels.downlink.encode(configured))
+                message = Message(configured.phase, configured.round, channels.downlink.encode(configured),
+                                  configured.cohort)
         message = transport.broadcast(message)
         if message is None:
             return server_state
         broadcast = channels.downlink.decode(message.phase, message.round, message.data)
+        broadcast.cohort = message.cohort
+        if observe is not None:
+            observe(broadcast)
+        cohort = np.arange(len(clients)) if message.cohort is None else np.asarray(message.cohort, dtype=np.int64)
+        participants = np.zeros(len(clients), dtype=bool)
+        participants[cohort] = True
+        if pinned:
+            assignment = [[c for c in group if participants[c]] for group in home]
+        else:
+            assignment = [[int(cohort[i]) for i in group]
+                          for group in assign_clients([workloads[c] for c in cohort], transport.workers)]
+        mine = assignment[transport.worker] if transport.worker >= 0 else []
         layout = algorithm.upload_layout(broadcast)
         n_rows, row_size = layout.rows, layout.row_size
         columns = specs[broadcast.phase]
-        width = (columns[-1][3] if columns else 0) + 2  # metrics, then bytes down and up
+        metric_width = columns[-1][3] if columns else 0
+        width = metric_width + table.width + 1  # metrics, the client's state, bytes up
         local = np.zeros(_buffer_size(layout), dtype=np.int64)
-        rows = np.full((len(transport.hosted), width), np.nan)
-        for i, cid in enumerate(transport.hosted):
-            upload = algorithm.client_update(broadcast, scenario.clients[cid], client_states[cid])
+        rows = np.full((len(mine), width), np.nan)
+        states = [table.views(cid) for cid in mine]
+        uploads = groups.run(algorithm, broadcast, [clients[c] for c in mine], states)
+        for i, (cid, upload) in enumerate(zip(mine, uploads)):
+            channel = channel_states.setdefault(cid, channels.uplink.init_client())
             try:
-                bytes_up = _add_upload(local, upload, layout, channels.uplink, channel_states[cid], broadcast.round,
-                                       cid, limit)
+                bytes_up = _add_upload(local, upload, layout, channels.uplink, channel, broadcast.round, cid, limit)
             except OverflowError as exc:
                 raise OverflowError(f"client {cid}, {broadcast.phase} round {broadcast.round}: {exc}") from None
             for name, _, lo, hi in columns:
                 if name in upload.metrics:
                     rows[i, lo:hi] = np.asarray(upload.metrics[name], dtype=np.float64).reshape(-1)
-            rows[i, -2:] = (len(message.data), bytes_up)
+            rows[i, metric_width:-1] = table.row(cid)
+            rows[i, -1] = bytes_up
 
         total = transport.reduce_sum(local)
-        gathered = transport.gather_rows(rows)
+        shared = transport.share_rows(rows, [len(group) for group in assignment])
+        order = np.array([c for group in assignment for c in group], dtype=np.int64)
+        table.update(order, shared[:, metric_width:-1])
+        bytes_down, catch_up = downloads.round(len(message.data), channels.downlink.model_bytes(message.data),
+                                               broadcast.model is not None, not broadcast.evaluation_only, participants)
         if not transport.is_server:
             continue
+        by_client = np.full((len(clients), width), np.nan)
+        by_client[order] = shared
         total = exact_sum.decode(total)
         summed = Summed(
             weighted_delta=total[: n_rows * row_size].reshape(n_rows, row_size),
@@ -128,11 +220,12 @@ def run(
         aggregated = algorithm.aggregate(server_state, broadcast, summed)
         server_state = aggregated.state
         if on_round is not None:
-            metrics = {name: gathered[:, lo:hi].reshape(-1, *shape) for name, shape, lo, hi in columns}
+            metrics = {name: by_client[:, lo:hi].reshape(-1, *shape) for name, shape, lo, hi in columns}
+            bytes_up = np.where(participants, np.nan_to_num(by_client[:, -1]), 0)
             down_cap = channels.downlink.cap if broadcast.model is not None and channels.downlink.cap is not None else -1
             up_cap = channels.uplink.cap if n_rows and channels.uplink.cap is not None else -1
-            on_round(RoundRecord(broadcast, metrics, gathered[:, -2], gathered[:, -1], aggregated,
-                                 time.perf_counter() - started, down_cap, up_cap, dict(transport.moved)))
+            on_round(RoundRecord(broadcast, metrics, bytes_down, bytes_up, aggregated, time.perf_counter() - started,
+                                 down_cap, up_cap, dict(transport.moved), participants, catch_up))
 
 
 def _add_upload(local: np.ndarray, upload: ClientUpload, layout: UploadLayout, uplink: Uplink,
@@ -154,12 +247,13 @@ def _add_upload(local: np.ndarray, upload: ClientUpload, layout: UploadLayout, u
 
 
 class SerialTransport:
-    """One process is the server and hosts every client: the reference for the MPI path."""
+    """One process is the server and the only worker: the reference for the MPI path."""
 
     is_server = True
+    workers = 1
+    worker = 0
 
-    def __init__(self, num_clients: int):
-        self.hosted = list(range(num_clients))
+    def __init__(self) -> None:
         self.moved = dict.fromkeys(COLLECTIVES, 0)  # nothing crosses a process boundary
 
     def broadcast(self, message: Message | None) -> Message | None:
@@ -168,5 +262,5 @@ class SerialTransport:
     def reduce_sum(self, local: np.ndarray) -> np.ndarray:
         return local
 
-    def gather_rows(self, rows: np.ndarray) -> np.ndarray:
+    def share_rows(self, rows: np.ndarray, counts: list[int]) -> np.ndarray:
         return rows

@@ -14,9 +14,8 @@ import numpy as np
 
 from ..errors import UserError
 from .loop import COLLECTIVES, Message
-from .placement import assign_clients, order_of
 
-HEADER = 4  # stop flag, phase index, round, message length
+HEADER = 5  # stop flag, phase index, round, message length, cohort size (-1: every client)
 MESSAGE_BYTES = 512
 
 
@@ -84,39 +83,44 @@ def agree_on_errors(comm, error: str | None) -> str | None:
 
 
 class MPITransport:
-    def __init__(self, comm, phases: list[str], workloads: list[int], poll_interval_ms: float):
+    def __init__(self, comm, phases: list[str], poll_interval_ms: float):
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         if self.size < 2:
             raise UserError("the MPI runtime needs at least 2 ranks (rank 0 serves, the others host clients)")
         self.is_server = self.rank == 0
+        self.workers = self.size - 1
+        self.worker = self.rank - 1
         self.phases = phases
         self.max_sleep = poll_interval_ms / 1000.0
-        self.placement = assign_clients(workloads, self.size - 1)
-        self.hosted = [] if self.is_server else self.placement[self.rank - 1]
-        self.num_clients = len(workloads)
-        self.gather_order = order_of(self.placement)
         self.moved = dict.fromkeys(COLLECTIVES, 0)  # bytes the last round's collectives delivered (rank 0's count)
 
     def broadcast(self, message: Message | None) -> Message | None:
-        """The downlink channel's bytes, as they are, to every rank (one header, one byte buffer)."""
+        """The downlink channel's bytes, as they are, to every rank (one header, one byte buffer),
+        and the round's cohort when there is one."""
         MPI = mpi()
         header = np.zeros(HEADER, dtype=np.int64)
         if self.is_server:
             if message is None:
                 header[0] = 1
             else:
-                header[1:] = (self.phases.index(message.phase), message.round, message.data.size)
+                cohort = -1 if message.cohort is None else len(message.cohort)
+                header[1:] = (self.phases.index(message.phase), message.round, message.data.size, cohort)
         wait(self.comm.Ibcast(header, root=0), self.max_sleep)
         if header[0]:
             return None
         data = np.ascontiguousarray(message.data, dtype=np.uint8) if self.is_server else np.empty(int(header[3]), np.uint8)
         wait(self.comm.Ibcast([data, MPI.BYTE], root=0), self.max_sleep)
-        self.moved["broadcast"] = (header.nbytes + data.nbytes) * (self.size - 1)
+        cohort = None
+        if header[4] >= 0:
+            cohort = (np.ascontiguousarray(message.cohort, dtype=np.int64) if self.is_server
+                      else np.empty(int(header[4]), np.int64))
+            wait(self.comm.Ibcast([cohort, MPI.INT64_T], root=0), self.max_sleep)
+        self.moved["broadcast"] = (header.nbytes + data.nbytes + (0 if cohort is None else cohort.nbytes)) * (self.size - 1)
         if self.is_server:
             return message
-        return Message(self.phases[int(header[1])], int(header[2]), data)
+        return Message(self.phases[int(header[1])], int(header[2]), data, cohort)
 
     def reduce_sum(self, local: np.ndarray) -> np.ndarray | None:
         """One reduce of the int64 fixed-point sums; every worker sends a buffer of the same size."""
@@ -127,19 +131,15 @@ class MPITransport:
         self.moved["reduce"] = local.nbytes * (self.size - 1)
         return total
 
-    def gather_rows(self, rows: np.ndarray) -> np.ndarray | None:
+    def share_rows(self, rows: np.ndarray, counts: list[int]) -> np.ndarray:
+        """One all-gather of the round's per-client rows (metrics, client state, bytes): rank 0 logs
+        them, every rank updates its table of client states."""
         MPI = mpi()
         width = rows.shape[1]
-        rows = np.ascontiguousarray(rows, dtype=np.float64)
-        if not self.is_server:
-            wait(self.comm.Igatherv([rows, MPI.DOUBLE], None, root=0), self.max_sleep)
-            return None
-        counts = [0] + [len(group) * width for group in self.placement]
-        displacements = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
-        received = np.empty((self.num_clients, width), dtype=np.float64)
-        wait(self.comm.Igatherv([np.empty((0, width)), MPI.DOUBLE],
-                                [received, counts, displacements, MPI.DOUBLE], root=0), self.max_sleep)
-        self.moved["gather"] = received.nbytes
-        ordered = np.empty_like(received)
-        ordered[self.gather_order] = received
-        return ordered
+        sizes = [0] + [count * width for count in counts]
+        displacements = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
+        received = np.empty((sum(counts), width), dtype=np.float64)
+        mine = np.ascontiguousarray(rows, dtype=np.float64) if not self.is_server else np.empty((0, width))
+        wait(self.comm.Iallgatherv([mine, MPI.DOUBLE], [received, sizes, displacements, MPI.DOUBLE]), self.max_sleep)
+        self.moved["gather"] = received.nbytes * (self.size - 1)
+        return received

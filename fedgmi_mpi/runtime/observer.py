@@ -31,6 +31,7 @@ class Observer:
         self.last_evaluation: dict[str, Any] | None = None
         self.bytes_down = 0.0
         self.bytes_up = 0.0
+        self.bytes_catch_up = 0.0
         self.train_bytes_down = 0.0
         self.train_bytes_up = 0.0
 
@@ -40,10 +41,12 @@ class Observer:
         summary = summarize(metrics, self.scenario) if phase in SCORED_PHASES and "confusion" in metrics else None
         self.log.write_round(phase, record.broadcast.round, record.wall_time, record.bytes_down, record.bytes_up,
                              metrics, record.aggregated.metrics, summary, record.downlink_cap, record.uplink_cap,
-                             record.mpi_bytes)
+                             record.mpi_bytes, record.participants, record.catch_up)
         self.rounds += 1
         self.bytes_down += float(np.nansum(record.bytes_down))
         self.bytes_up += float(np.nansum(record.bytes_up))
+        if record.catch_up is not None:
+            self.bytes_catch_up += float(record.catch_up.sum())
         if phase == "train":
             self.train_bytes_down += float(np.nansum(record.bytes_down))
             self.train_bytes_up += float(np.nansum(record.bytes_up))
@@ -87,6 +90,7 @@ class Observer:
             wall_time_s=time.perf_counter() - self.started, rounds=self.rounds, train_rounds=self.train_rounds,
             bytes_down_total=self.bytes_down, bytes_up_total=self.bytes_up,
             bytes_down_train=self.train_bytes_down, bytes_up_train=self.train_bytes_up,
+            bytes_catch_up_total=self.bytes_catch_up,
         )
         return final
 
@@ -103,7 +107,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  personalised test accuracy        seen {fmt('accuracy')}   unseen {fmt('accuracy_unseen')}",
         f"  rounds {summary['rounds']} ({summary['train_rounds']} training)   wall time {summary['wall_time_s']:.1f} s   "
         f"bytes down {summary['bytes_down_total'] / 2**20:.1f} MiB, up {summary['bytes_up_total'] / 2**20:.1f} MiB "
-        f"(training rounds {summary['bytes_down_train'] / 2**20:.1f} / {summary['bytes_up_train'] / 2**20:.1f})",
+        f"(training rounds {summary['bytes_down_train'] / 2**20:.1f} / {summary['bytes_up_train'] / 2**20:.1f})"
+        + (f", catch-up down {summary['bytes_catch_up_total'] / 2**20:.1f} MiB" if summary.get("bytes_catch_up_total") else ""),
     ]
     if "rank_cpu_s" in summary:
         shares = ", ".join(f"{cpu / max(wall, 1e-9):.0%}" for wall, cpu in zip(summary["rank_wall_s"], summary["rank_cpu_s"]))

@@ -1,9 +1,7 @@
-"""Which worker rank hosts which clients."""
+"""Which worker rank runs which clients: the cohort of each round, split by workload."""
 from __future__ import annotations
 
 import heapq
-
-import numpy as np
 
 
 def assign_clients(workloads: list[int], num_workers: int) -> list[list[int]]:
@@ -24,12 +22,6 @@ def assign_clients(workloads: list[int], num_workers: int) -> list[list[int]]:
 
 
 def client_workloads(num_train: list[int], num_test: list[int], seen: list[bool]) -> list[int]:
-    """Rough relative cost of a client's round, measured on the default scenario: a training
-    client's E-step plus local M-step costs about 1.6x an unseen client's E-step alone, and a
-    test sample about a fifth of a training sample (fewer importance samples)."""
-    return [int(10 * (n * (1.6 if s else 1.0) + 0.2 * t)) for n, t, s in zip(num_train, num_test, seen)]
-
-
-def order_of(hosted: list[list[int]]) -> np.ndarray:
-    """Client ids in the order a gather over ranks 1..N delivers their rows."""
-    return np.array([cid for group in hosted for cid in group], dtype=np.int64)
+    """Relative cost of a client's round. Every client is computed at the run's canonical shapes
+    (padded to the largest client), so every client costs the same: the split is by count."""
+    return [1] * len(num_train)

@@ -21,10 +21,9 @@ from ..errors import UserError
 from ..logs.hdf5 import RunLog
 from ..provenance import git_commit, mpi_library, versions
 from . import loop
-from .device import choose_device
+from .device import choose_device, group_size
 from .mpi import MPITransport, agree_on_errors, launched_tasks, local_rank, mpi
 from .observer import Observer, format_summary
-from .placement import client_workloads
 
 
 def _summary_specs(client_specs: dict, num_components: int) -> dict:
@@ -113,11 +112,9 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
         raise UserError(error)
 
     if size > 1:
-        workloads = client_workloads([c.num_train for c in scenario.clients], [len(c.x_test) for c in scenario.clients],
-                                     [c.seen for c in scenario.clients])
-        transport = MPITransport(comm, list(algorithm.metric_specs()), workloads, config.runtime.poll_interval_ms)
+        transport = MPITransport(comm, list(algorithm.metric_specs()), config.runtime.poll_interval_ms)
     else:
-        transport = loop.SerialTransport(len(scenario.clients))
+        transport = loop.SerialTransport()
     observer = None
     if rank == 0:
         if not quiet:
@@ -127,7 +124,8 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
         observer = Observer(log, scenario, config.algorithm.rounds, quiet=quiet)
     wall_start, cpu_start = time.perf_counter(), _cpu_seconds()
     try:
-        loop.run(algorithm, scenario, channels, transport, on_round=observer)
+        loop.run(algorithm, scenario, channels, transport, on_round=observer,
+                 groups=loop.Groups(config.runtime.batched, group_size(config.runtime.group_size, algorithm, device)))
     except BaseException as exc:
         if log is not None:
             log.close()  # leave rank 0's partial log closed cleanly before the job is brought down

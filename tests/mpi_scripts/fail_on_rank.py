@@ -8,13 +8,13 @@ from fedgmi_mpi.algorithms.fedgmi import FedGMI
 
 FAIL_RANK = int(os.environ["FAIL_RANK"])
 FAIL_PHASE = os.environ.get("FAIL_PHASE", "train")
-original_client_update, original_aggregate = FedGMI.client_update, FedGMI.aggregate
+original_group_update, original_aggregate = FedGMI.group_update, FedGMI.aggregate
 
 
-def client_update(self, broadcast, client, state):
+def group_update(self, broadcast, clients, states):  # what the runtime calls, batched or one by one
     if MPI.COMM_WORLD.Get_rank() == FAIL_RANK and broadcast.phase == FAIL_PHASE:
         raise RuntimeError("injected failure on a worker")
-    return original_client_update(self, broadcast, client, state)
+    return original_group_update(self, broadcast, clients, states)
 
 
 def aggregate(self, state, broadcast, summed):
@@ -23,7 +23,7 @@ def aggregate(self, state, broadcast, summed):
     return original_aggregate(self, state, broadcast, summed)
 
 
-FedGMI.client_update, FedGMI.aggregate = client_update, aggregate
+FedGMI.group_update, FedGMI.aggregate = group_update, aggregate
 
 from fedgmi_mpi.cli import main  # noqa: E402
 
