@@ -62,12 +62,16 @@ def test_three_ranks_write_a_complete_standard_log(tmp_path):
         print("h5dump not installed: standard-HDF5 check skipped (apt-get install hdf5-tools)")
 
 
-# Compressed both ways, with per-client state (top-k error-feedback residuals) and shared-seed
-# randomness (Hadamard rotations) that must not depend on where a client runs.
-COMPRESSED = ["compression.uplink_bits=0.5", "compression.uplink=topk", "compression.downlink_bits=2"]
+# Cohorts of 5 of the 8 seen clients, split over the worker ranks afresh every round, so clients
+# change ranks and their state must follow them.
+COHORTS = ["algorithm.clients_per_round=5"]
+# Compressed both ways, with per-client state (top-k error-feedback residuals, which keep a client
+# on its home rank) and shared-seed randomness (Hadamard rotations) that must not depend on where a
+# client runs.
+COMPRESSED = [*COHORTS, "compression.uplink_bits=0.5", "compression.uplink=topk", "compression.downlink_bits=2"]
 
 
-@pytest.mark.parametrize("budget", [[], COMPRESSED], ids=["dense", "compressed"])
+@pytest.mark.parametrize("budget", [[], COHORTS, COMPRESSED], ids=["dense", "cohorts", "compressed-cohorts"])
 def test_results_do_not_depend_on_how_many_ranks_host_the_clients(tmp_path, budget):
     outs = {}
     for ranks in (2, 3):
@@ -79,7 +83,7 @@ def test_results_do_not_depend_on_how_many_ranks_host_the_clients(tmp_path, budg
     assert result.returncode == 0, result.stderr
     for name in ("train/proportions", "train/log_likelihood", "train/server/responsibility_mass",
                  "evaluate/proportions", "evaluate/accuracy", "topics/server/topic_log_likelihood",
-                 "rounds/bytes_up", "rounds/bytes_down"):
+                 "rounds/bytes_up", "rounds/bytes_down", "rounds/bytes_catch_up", "rounds/participated"):
         reference = _read(outs[1], name)
         for ranks in (2, 3):  # bitwise: per-client random streams and order-independent exact sums
             assert np.array_equal(_read(outs[ranks], name), reference, equal_nan=True), (name, ranks)
