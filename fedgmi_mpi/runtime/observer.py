@@ -113,4 +113,6 @@ def format_summary(summary: dict[str, Any]) -> str:
     if "rank_cpu_s" in summary:
         shares = ", ".join(f"{cpu / max(wall, 1e-9):.0%}" for wall, cpu in zip(summary["rank_wall_s"], summary["rank_cpu_s"]))
         lines.append(f"  CPU busy per rank (rank 0 = server) {shares}")
+    if "rank_peak_mb" in summary:
+        lines.append(f"  peak memory per rank (MiB)          {', '.join(f'{m:.0f}' for m in summary['rank_peak_mb'])}")
     return "\n".join(lines)

@@ -58,12 +58,18 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _peak_memory_mb() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _gather_usage(comm, size: int, wall: float, cpu: float) -> np.ndarray:
-    """[ranks, 2] wall and CPU seconds of the round loop on each rank (on rank 0; what waiting costs)."""
-    mine = np.array([wall, cpu], dtype=np.float64)
+    """[ranks, 3] wall and CPU seconds of the round loop and peak memory (MiB) of each rank (on
+    rank 0; what waiting costs, what holding the clients costs)."""
+    mine = np.array([wall, cpu, _peak_memory_mb()], dtype=np.float64)
     if size == 1:
         return mine[None]
-    everyone = np.zeros((size, 2)) if comm.Get_rank() == 0 else None
+    everyone = np.zeros((size, 3)) if comm.Get_rank() == 0 else None
     comm.Gather(mine, everyone, root=0)
     return everyone
 
@@ -135,7 +141,7 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
     usage = _gather_usage(comm, size, time.perf_counter() - wall_start, _cpu_seconds() - cpu_start)
     if rank == 0:
         summary = observer.closing_summary()
-        summary["rank_wall_s"], summary["rank_cpu_s"] = usage[:, 0], usage[:, 1]
+        summary["rank_wall_s"], summary["rank_cpu_s"], summary["rank_peak_mb"] = usage[:, 0], usage[:, 1], usage[:, 2]
         final_attrs = {"summary": json_dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
                                                for k, v in summary.items()}), "finished": _now()}
         path = log.finish(final_attrs)
