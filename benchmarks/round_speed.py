@@ -4,6 +4,7 @@
 
 Compares (median wall seconds per training round, from each run's HDF5 log):
   serial (one process)  vs  MPI with N ranks   -> what using several cores buys
+  MPI with 1 worker rank  vs  N - 1 worker ranks   -> rank scaling (the server rank only waits)
   MPI, blocking waits (MPICH busy-polls)  vs  MPI, polite waits (default)  -> what idle ranks cost
 and reports each rank's CPU-busy share (how much a waiting rank burns).
 """
@@ -53,10 +54,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         serial = run("serial (1 process)", 1, args.rounds, [], folder)
+        one_worker = run("mpi n=2 (1 worker), polite", 2, args.rounds, [], folder)
         polite = run(f"mpi n={args.ranks}, polite wait", args.ranks, args.rounds, [], folder)
         busy = run(f"mpi n={args.ranks}, busy wait", args.ranks, args.rounds, ["runtime.poll_interval_ms=0"], folder)
     print(f"speed-up of MPI n={args.ranks} over serial, per training round: "
           f"{serial['per_round'] / polite['per_round']:.2f}x")
+    print(f"rank scaling, 1 -> {args.ranks - 1} worker ranks, per training round: "
+          f"{one_worker['per_round'] / polite['per_round']:.2f}x")
     print(f"busy-wait / polite-wait time per training round: {busy['per_round'] / polite['per_round']:.2f}x "
           f"(server CPU busy {busy['busy'][0]:.0%} vs {polite['busy'][0]:.0%})")
 

@@ -85,21 +85,35 @@ def stacked_normal(generators: list[torch.Generator], shapes: list[tuple[int, ..
     return out
 
 
+def _adam_update(matrix: torch.Tensor, grad: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                 steps: torch.Tensor, lr: float) -> None:
+    """One Adam step in place, with one plain IEEE operation per kernel (mul, add, div, sqrt): fused
+    kernels may round the last few elements of a tensor differently from the rest, and which
+    elements are last depends on how many clients share the tensor."""
+    beta1, beta2 = ADAM_BETAS
+    shape = (-1,) + (1,) * (matrix.dim() - 1)
+    first.mul_(beta1).add_(grad * (1 - beta1))
+    second.mul_(beta2).add_(grad * grad * (1 - beta2))
+    count = steps.to(torch.float64)
+    step_size = (lr / (1 - beta1**count)).to(matrix.dtype).reshape(shape)
+    correction = torch.sqrt(1 - beta2**count).to(matrix.dtype).reshape(shape)
+    denominator = second.sqrt().div_(correction).add_(ADAM_EPS)
+    matrix.sub_((first / denominator).mul_(step_size))
+
+
 def adam_step(matrix: torch.Tensor, grad: torch.Tensor, first: torch.Tensor, second: torch.Tensor, steps: torch.Tensor,
               active: torch.Tensor, lr: float) -> None:
     """Adam (Kingma and Ba) on [G, ...] per-client parameters, in place, for the clients with
     ``active`` set; each client has its own step count for the bias corrections."""
-    beta1, beta2 = ADAM_BETAS
     steps += active.to(steps.dtype)
-    shape = (-1,) + (1,) * (matrix.dim() - 1)
-    on = active.reshape(shape)
-    first.copy_(torch.where(on, first.lerp(grad, 1 - beta1), first))
-    second.copy_(torch.where(on, second * beta2 + grad * grad * (1 - beta2), second))
-    count = steps.clamp_min(1).to(torch.float64)
-    step_size = (lr / (1 - beta1**count)).to(matrix.dtype).reshape(shape)
-    correction = torch.sqrt(1 - beta2**count).to(matrix.dtype).reshape(shape)
-    update = step_size * first / (second.sqrt() / correction + ADAM_EPS)
-    matrix.sub_(torch.where(on, update, torch.zeros_like(update)))
+    if bool(active.all()):
+        _adam_update(matrix, grad, first, second, steps, lr)
+        return
+    chosen = active.nonzero()[:, 0]
+    parts = [t[chosen] for t in (matrix, grad, first, second)]
+    _adam_update(*parts, steps[chosen], lr)
+    for target, part in zip((matrix, first, second), (parts[0], parts[2], parts[3])):
+        target[chosen] = part
 
 
 def local_m_step(
@@ -137,6 +151,8 @@ def local_m_step(
         for step in range(math.ceil(x.shape[1] / batch_size)):
             index, batch_mask = batch_schedule(orders, step, batch_size)
             sizes = batch_mask.sum(1).tolist()
+            if not any(sizes):  # every client of the group is done with this epoch: nothing to compute
+                continue
             noise = stacked_normal(generators, [(k, s, z) for s in sizes], (k, batch_size, z), axis=1)
             elbo, logits = vae.elbo(layout.unflatten(matrix), x[rows, index], noise)
             labels = y[rows, index].unsqueeze(1).expand(-1, k, -1)

@@ -123,6 +123,9 @@ class RunLog:
         _growable(rounds, "phase", (), np.int8)
         rounds["phase"].attrs["phases"] = json.dumps(phases)
         _growable(rounds, "wall_time", (), np.float64)
+        _growable(rounds, "compute_time", (), np.float64)
+        rounds["compute_time"].attrs["legend"] = ("seconds the busiest worker rank spent computing its clients (with their "
+                                                  "channels); wall_time minus this is the framework's share")
         _growable(rounds, "participated", (num_clients,), np.int8)
         rounds["participated"].attrs["legend"] = "1: the client took part in the round (its cohort); 0: it did nothing"
         _growable(rounds, "bytes_down", (num_clients,), np.int64)
@@ -167,11 +170,13 @@ class RunLog:
         mpi_bytes: dict[str, int] | None = None,
         participated: np.ndarray | None = None,
         catch_up: np.ndarray | None = None,
+        compute_time: float = 0.0,
     ) -> None:
         check_caps(round_index, bytes_down, bytes_up, downlink_cap, uplink_cap)  # before anything is written
         f = self.file
         _append(f["rounds/phase"], self.phases.index(phase))
         _append(f["rounds/wall_time"], wall_time)
+        _append(f["rounds/compute_time"], compute_time)
         _append(f["rounds/participated"], np.ones(len(bytes_down), np.int8) if participated is None
                 else np.asarray(participated, dtype=np.int8))
         _append(f["rounds/bytes_down"], np.nan_to_num(bytes_down).astype(np.int64))

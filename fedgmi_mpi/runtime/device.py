@@ -24,9 +24,11 @@ def choose_device(requested: str, local_rank: int) -> torch.device:
     return torch.device(requested)
 
 
-# Largest automatic group on a CPU: beyond it a group's activations leave the caches and batching
-# buys nothing (benchmarks/group_speed.py); a GPU takes as many as its free memory holds.
-CPU_GROUP = 16
+# On a CPU a group's activations should stay near the caches: beyond about this much a bigger
+# group buys nothing (benchmarks/group_speed.py: the default model peaks at 4-8 clients a group, a
+# small one at 32). A GPU takes as many clients as half its free memory holds.
+CPU_GROUP_BYTES = 256 * 2**20
+CPU_GROUP_MAX = 64
 
 
 def free_memory(device: torch.device) -> int:
@@ -41,10 +43,13 @@ def free_memory(device: torch.device) -> int:
 
 
 def group_size(requested: int, algorithm: object, device: torch.device) -> int:
-    """``runtime.group_size`` when given; else as many clients as half the free memory holds, by
-    the algorithm's own estimate of a client's peak memory in a group (at most CPU_GROUP on a CPU)."""
+    """``runtime.group_size`` when given; else from the algorithm's own estimate of a client's peak
+    memory in a group: as many clients as half the free memory holds, and on a CPU no more than
+    CPU_GROUP_BYTES of activations."""
     if requested:
         return requested
-    per_client = getattr(algorithm, "memory_per_client", lambda: 0)()
-    fits = max(1, free_memory(device) // 2 // max(per_client, 1))
-    return int(min(fits, CPU_GROUP if device.type == "cpu" else 8192))
+    per_client = max(1, getattr(algorithm, "memory_per_client", lambda: 0)())
+    fits = free_memory(device) // 2 // per_client
+    if device.type == "cpu":
+        fits = min(fits, CPU_GROUP_BYTES // per_client, CPU_GROUP_MAX)
+    return int(max(1, min(fits, 8192)))

@@ -71,6 +71,7 @@ class RoundRecord:
     mpi_bytes: dict[str, int] = field(default_factory=dict)
     participants: np.ndarray | None = None  # bool [clients]: who took part
     catch_up: np.ndarray | None = None  # [clients] bytes a returning client downloads to hold the current model
+    compute_time: float = 0.0  # seconds the busiest worker rank spent on its clients (the rest is the framework)
 
 
 def _metric_columns(spec: dict[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...], int, int]]:
@@ -184,10 +185,11 @@ def run(
         n_rows, row_size = layout.rows, layout.row_size
         columns = specs[broadcast.phase]
         metric_width = columns[-1][3] if columns else 0
-        width = metric_width + table.width + 1  # metrics, the client's state, bytes up
+        width = metric_width + table.width + 2  # metrics, the client's state, its rank's compute seconds, bytes up
         local = np.zeros(_buffer_size(layout), dtype=np.int64)
         rows = np.full((len(mine), width), np.nan)
         states = [table.views(cid) for cid in mine]
+        computing = time.perf_counter()
         uploads = groups.run(algorithm, broadcast, [clients[c] for c in mine], states)
         for i, (cid, upload) in enumerate(zip(mine, uploads)):
             channel = channel_states.setdefault(cid, channels.uplink.init_client())
@@ -198,13 +200,14 @@ def run(
             for name, _, lo, hi in columns:
                 if name in upload.metrics:
                     rows[i, lo:hi] = np.asarray(upload.metrics[name], dtype=np.float64).reshape(-1)
-            rows[i, metric_width:-1] = table.row(cid)
+            rows[i, metric_width:-2] = table.row(cid)
             rows[i, -1] = bytes_up
+        rows[:, -2] = time.perf_counter() - computing  # the clients' work on this rank, channels included
 
         total = transport.reduce_sum(local)
         shared = transport.share_rows(rows, [len(group) for group in assignment])
         order = np.array([c for group in assignment for c in group], dtype=np.int64)
-        table.update(order, shared[:, metric_width:-1])
+        table.update(order, shared[:, metric_width:-2])
         bytes_down, catch_up = downloads.round(len(message.data), channels.downlink.model_bytes(message.data),
                                                broadcast.model is not None, not broadcast.evaluation_only, participants)
         if not transport.is_server:
@@ -225,7 +228,8 @@ def run(
             down_cap = channels.downlink.cap if broadcast.model is not None and channels.downlink.cap is not None else -1
             up_cap = channels.uplink.cap if n_rows and channels.uplink.cap is not None else -1
             on_round(RoundRecord(broadcast, metrics, bytes_down, bytes_up, aggregated, time.perf_counter() - started,
-                                 down_cap, up_cap, dict(transport.moved), participants, catch_up))
+                                 down_cap, up_cap, dict(transport.moved), participants, catch_up,
+                                 float(np.nanmax(shared[:, -2], initial=0.0))))
 
 
 def _add_upload(local: np.ndarray, upload: ClientUpload, layout: UploadLayout, uplink: Uplink,

@@ -41,7 +41,7 @@ class Observer:
         summary = summarize(metrics, self.scenario) if phase in SCORED_PHASES and "confusion" in metrics else None
         self.log.write_round(phase, record.broadcast.round, record.wall_time, record.bytes_down, record.bytes_up,
                              metrics, record.aggregated.metrics, summary, record.downlink_cap, record.uplink_cap,
-                             record.mpi_bytes, record.participants, record.catch_up)
+                             record.mpi_bytes, record.participants, record.catch_up, record.compute_time)
         self.rounds += 1
         self.bytes_down += float(np.nansum(record.bytes_down))
         self.bytes_up += float(np.nansum(record.bytes_up))
