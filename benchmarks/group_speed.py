@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -43,8 +44,6 @@ def setup(clients: int, extra: list[str], device: torch.device):
 
 def one_round(algorithm, clients, broadcast, size: int) -> float:
     states = [algorithm.init_client(c) for c in clients]
-    if clients[0].x_train.dtype != np.float32:
-        raise SystemExit("unexpected data type")
     started = time.perf_counter()
     for start in range(0, len(clients), size):
         algorithm.group_update(broadcast, clients[start:start + size], states[start:start + size])
@@ -90,8 +89,8 @@ def main() -> None:
         for clients in [int(c) for c in args.clients.split(",")]:
             algorithm, data, broadcast = setup(clients, extra, device)
             size = args.group or group_size(0, algorithm, device)
-            sequential = best_of(2, lambda: one_round(algorithm, data, broadcast, 1))
-            batched = best_of(2, lambda: one_round(algorithm, data, broadcast, size))
+            sequential = best_of(2, partial(one_round, algorithm, data, broadcast, 1))
+            batched = best_of(2, partial(one_round, algorithm, data, broadcast, size))
             print(f"{label:16s} {clients:7d} {size:5d} {clients / sequential:13.1f} {clients / batched:10.1f} "
                   f"{sequential / batched:5.2f}x", flush=True)
     # How much of the device's arithmetic a batched default round uses.
@@ -100,7 +99,7 @@ def main() -> None:
     with FlopCounterMode(display=False) as counter:
         one_round(algorithm, data, broadcast, size)
     flops = counter.get_total_flops()
-    seconds = best_of(2, lambda: one_round(algorithm, data, broadcast, size))
+    seconds = best_of(2, partial(one_round, algorithm, data, broadcast, size))
     h = algorithm.shape.hidden
     peak = matmul_rate(device, size * algorithm.num_components, 16 * algorithm.max_train, h)
     print(f"default round, 32 clients in groups of {size}: {flops / 32 / 1e6:.0f} MFLOP (matmuls) a client, "
