@@ -101,7 +101,9 @@ class RunLog:
         check_output(out, overwrite)
         part = partial_path(out)
         try:
-            file = h5py.File(part, "w", libver="latest")
+            # SWMR needs the 1.10 format; capping it there keeps the file readable by
+            # HDF5 1.10 tools (Debian's h5dump) even when h5py ships a newer library.
+            file = h5py.File(part, "w", libver=("v110", "v110"))
         except OSError as exc:
             raise UserError(f"cannot create {part}: {exc}") from None
         phases = list(client_specs)
