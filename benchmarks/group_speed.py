@@ -15,6 +15,8 @@ device: how much of the device's arithmetic the simulator uses.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 from functools import partial
 
@@ -74,15 +76,38 @@ def matmul_rate(device: torch.device, batch: int, rows: int, width: int) -> floa
     return 20 * 2 * batch * rows * width * width / best_of(3, run) / 1e9
 
 
+def timed_round(clients: int, device: torch.device) -> float:
+    algorithm, data, broadcast = setup(clients, [], device)
+    return best_of(3, partial(one_round, algorithm, data, broadcast, group_size(0, algorithm, device)))
+
+
+def corun(copies: int, device: str) -> None:
+    command = [sys.executable, __file__, "--time-one-round", "20", "--device", device]
+    alone = float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(copies)]
+    together = [float(p.communicate()[0]) for p in processes]
+    print(f"one round of 20 default clients: {alone:.2f} s alone, {', '.join(f'{t:.2f}' for t in together)} s "
+          f"with {copies} copies at once -> throughput {copies * alone / max(together):.2f}x "
+          f"(the ceiling for 1 -> {copies} worker ranks)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", default="8,32,128")
     parser.add_argument("--group", type=int, default=0, help="clients per batched group (0: automatic)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--corun", type=int, default=0, help="only measure N concurrent processes against one")
+    parser.add_argument("--time-one-round", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.time_one_round:
+        print(timed_round(args.time_one_round, device))
+        return
+    if args.corun:
+        corun(args.corun, args.device)
+        return
     print(f"device {device}, {args.threads} thread(s)")
     print(f"{'workload':16s} {'clients':>7s} {'group':>5s} {'one by one/s':>13s} {'batched/s':>10s} {'ratio':>6s}")
     for label, extra in WORKLOADS.items():

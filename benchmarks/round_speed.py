@@ -39,11 +39,13 @@ def run(label: str, ranks: int, rounds: int, extra: list[str], folder: Path) -> 
         phases = json.loads(f["rounds/phase"].attrs["phases"])
         train = f["rounds/phase"][()] == phases.index("train")
         per_round = float(np.median(f["rounds/wall_time"][()][train]))
+        compute = float(np.median(f["rounds/compute_time"][()][train]))
         summary = json.loads(f.attrs["summary"])
     busy = [cpu / wall for wall, cpu in zip(summary["rank_wall_s"], summary["rank_cpu_s"])]
     print(f"{label:28s} {per_round:7.3f} s/round  total {summary['wall_time_s']:6.1f} s  "
+          f"busiest rank computing {compute:6.3f} s ({1 - compute / per_round:4.0%} framework)  "
           f"CPU busy per rank {', '.join(f'{b:.0%}' for b in busy)}", flush=True)
-    return {"per_round": per_round, "total": summary["wall_time_s"], "busy": busy}
+    return {"per_round": per_round, "compute": compute, "total": summary["wall_time_s"], "busy": busy}
 
 
 def main() -> None:
@@ -60,7 +62,8 @@ def main() -> None:
     print(f"speed-up of MPI n={args.ranks} over serial, per training round: "
           f"{serial['per_round'] / polite['per_round']:.2f}x")
     print(f"rank scaling, 1 -> {args.ranks - 1} worker ranks, per training round: "
-          f"{one_worker['per_round'] / polite['per_round']:.2f}x")
+          f"{one_worker['per_round'] / polite['per_round']:.2f}x (compute of the busiest rank alone: "
+          f"{one_worker['compute'] / polite['compute']:.2f}x; group_speed.py --corun 2 gives the machine's ceiling)")
     print(f"busy-wait / polite-wait time per training round: {busy['per_round'] / polite['per_round']:.2f}x "
           f"(server CPU busy {busy['busy'][0]:.0%} vs {polite['busy'][0]:.0%})")
 
