@@ -42,12 +42,15 @@ class ModelConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "fedgmi"
+    name: str = "fedgmi"  # fedgmi | oracle | local | fedavg | fedprox | ifca | fedem
     rounds: int = 150  # training rounds (model down, updates up)
     warmup_rounds: int = 40  # first rounds train on the initial responsibilities, no E-step (all rounds if >= rounds)
     local_epochs: int = 2
     batch_size: int = 50
     lr: float = 3e-3
+    optimizer: str = "adam"  # classifier baselines' local optimiser: adam (fresh every round) or sgd; FedGMI: adam
+    shuffle: bool = True  # each client shuffles its samples every epoch (false: in order)
+    prox_mu: float = 0.01  # fedprox: weight of the proximal term (mu / 2) ||w - w_global||^2
     label_weight: float = 1.0  # weight of the classifier head's cross-entropy in the M-step
     estep_samples: int = 16  # importance samples for the training E-step likelihoods
     estep_uses_labels: bool = True  # multiply p_k(x_i) by p_k(y_i | x_i) in the training E-step
@@ -207,7 +210,11 @@ def validate(config: Config) -> None:
     _require(s.test_samples_per_client >= 1, "scenario.test_samples_per_client must be >= 1")
     _require(s.dirichlet_alpha > 0, "scenario.dirichlet_alpha must be > 0")
     _require(m.hidden >= 1 and m.latent >= 1, "model.hidden and model.latent must be >= 1")
-    _require(a.name == "fedgmi", f"algorithm.name must be fedgmi, got {a.name!r}")
+    from .algorithms import ALGORITHMS
+
+    _require(a.name in ALGORITHMS, f"algorithm.name must be one of {', '.join(ALGORITHMS)}, got {a.name!r}")
+    _require(a.optimizer in ("adam", "sgd"), f"algorithm.optimizer must be adam or sgd, got {a.optimizer!r}")
+    _require(a.prox_mu >= 0, "algorithm.prox_mu must be >= 0")
     _require(a.rounds >= 1, "algorithm.rounds must be >= 1")
     _require(a.warmup_rounds >= 0, "algorithm.warmup_rounds must be >= 0")
     _require(a.local_epochs >= 1 and a.batch_size >= 1, "algorithm.local_epochs and algorithm.batch_size must be >= 1")

@@ -8,6 +8,7 @@ depend only on its own inputs and its own generator, never on the other clients 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +117,49 @@ def adam_step(matrix: torch.Tensor, grad: torch.Tensor, first: torch.Tensor, sec
         target[chosen] = part
 
 
+def local_training(
+    start: torch.Tensor,
+    counts: torch.Tensor,
+    padded: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generators: list[torch.Generator],
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: str = "adam",
+    shuffle: bool = True,
+) -> torch.Tensor:
+    """Each client of a group trains its own copy of ``start`` ([K, P], the same for every client,
+    or [G, K, P], each client's own); returns [G, K, P].
+
+    ``loss(matrix, index, batch_mask)`` gives the [G, K] loss of each client's mini-batch (sample
+    indices ``index`` [G, B] into its padded samples, ``batch_mask`` [G, B] the real ones); each
+    component's row gets the gradient of its own loss. Every client shuffles its own samples with
+    its own generator (or walks them in order) and takes its own optimiser steps; the group takes
+    ceil(padded / batch_size) steps an epoch and a client with fewer samples sits the last ones out.
+    """
+    groups = len(generators)
+    own = start if start.dim() == 3 else start.expand(groups, *start.shape)
+    matrix = own.clone().requires_grad_(True)
+    first, second = torch.zeros_like(matrix), torch.zeros_like(matrix)
+    steps = torch.zeros(groups, dtype=torch.int64, device=matrix.device)
+    for _ in range(epochs):
+        orders = [torch.randperm(int(n), generator=gen, device=gen.device) if shuffle
+                  else torch.arange(int(n), device=gen.device) for n, gen in zip(counts.tolist(), generators)]
+        for step in range(math.ceil(padded / batch_size)):
+            index, batch_mask = batch_schedule(orders, step, batch_size)
+            if not bool(batch_mask.any()):  # every client of the group is done with this epoch
+                continue
+            (grad,) = torch.autograd.grad(loss(matrix, index, batch_mask).sum(), matrix)
+            with torch.no_grad():
+                active = batch_mask.any(1)
+                if optimizer == "adam":
+                    adam_step(matrix, grad, first, second, steps, active, lr)
+                else:  # plain SGD: a client that sits a step out has a zero gradient anyway
+                    matrix.sub_(grad * (lr * active.to(grad.dtype)).reshape(-1, *([1] * (grad.dim() - 1))))
+    return matrix.detach()
+
+
 def local_m_step(
     layout: vae.ParamLayout,
     start: torch.Tensor,
@@ -129,40 +173,28 @@ def local_m_step(
     label_weight: float,
     generators: list[torch.Generator],
 ) -> torch.Tensor:
-    """Each client trains its own copy of every component on its responsibility-weighted loss;
-    returns the trained parameters [G, K, P].
+    """FedGMI's M-step: each client trains its own copy of every component on its
+    responsibility-weighted loss; returns the trained parameters [G, K, P].
 
     start [K, P] (the model the clients hold); x [G, N, D], y [G, N], counts [G] real samples per
     client, weights [G, N, K] (zero on padding). Component k of client g minimises
     sum_i w_gik (-ELBO_gik + label_weight * CE_gik) / sum_i w_gik, so each component takes steps of
     the same size whatever its local mass; the server's mass-weighted average decides how much each
-    client's update counts. Every client shuffles its own samples with its own generator and walks
-    its own mini-batches; the group takes ceil(N / batch_size) steps an epoch and a client with
-    fewer samples simply sits the last steps out.
+    client's update counts.
     """
-    groups = len(generators)
-    matrix = start.expand(groups, *start.shape).clone().requires_grad_(True)
-    first, second = torch.zeros_like(matrix), torch.zeros_like(matrix)
-    steps = torch.zeros(groups, dtype=torch.int64, device=matrix.device)
     k, z = layout.num_components, layout.shape.latent
-    rows = torch.arange(groups, device=x.device)[:, None]
-    for _ in range(epochs):
-        orders = [torch.randperm(int(n), generator=gen, device=gen.device) for n, gen in zip(counts.tolist(), generators)]
-        for step in range(math.ceil(x.shape[1] / batch_size)):
-            index, batch_mask = batch_schedule(orders, step, batch_size)
-            sizes = batch_mask.sum(1).tolist()
-            if not any(sizes):  # every client of the group is done with this epoch: nothing to compute
-                continue
-            noise = stacked_normal(generators, [(k, s, z) for s in sizes], (k, batch_size, z), axis=1)
-            elbo, logits = vae.elbo(layout.unflatten(matrix), x[rows, index], noise)
-            labels = y[rows, index].unsqueeze(1).expand(-1, k, -1)
-            nll_y = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                    reduction="none").reshape(elbo.shape)
-            # contiguous: with G = 1 a permuted view can pass for contiguous and send the backward
-            # matmuls down another path, which would make a client's bits depend on its group's size
-            w = (weights[rows, index] * batch_mask.unsqueeze(2)).permute(0, 2, 1).contiguous()  # [G, K, B]
-            per_component = (w * (-elbo + label_weight * nll_y)).sum(2) / w.sum(2).clamp_min(1e-8)
-            (grad,) = torch.autograd.grad(per_component.sum(), matrix)
-            with torch.no_grad():
-                adam_step(matrix, grad, first, second, steps, batch_mask.any(1), lr)
-    return matrix.detach()
+    rows = torch.arange(len(generators), device=x.device)[:, None]
+
+    def loss(matrix: torch.Tensor, index: torch.Tensor, batch_mask: torch.Tensor) -> torch.Tensor:
+        sizes = batch_mask.sum(1).tolist()
+        noise = stacked_normal(generators, [(k, s, z) for s in sizes], (k, index.shape[1], z), axis=1)
+        elbo, logits = vae.elbo(layout.unflatten(matrix), x[rows, index], noise)
+        labels = y[rows, index].unsqueeze(1).expand(-1, k, -1)
+        nll_y = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                reduction="none").reshape(elbo.shape)
+        # contiguous: with G = 1 a permuted view can pass for contiguous and send the backward
+        # matmuls down another path, which would make a client's bits depend on its group's size
+        w = (weights[rows, index] * batch_mask.unsqueeze(2)).permute(0, 2, 1).contiguous()  # [G, K, B]
+        return (w * (-elbo + label_weight * nll_y)).sum(2) / w.sum(2).clamp_min(1e-8)
+
+    return local_training(start, counts, x.shape[1], epochs, batch_size, lr, generators, loss)

@@ -31,6 +31,7 @@ from ..models import vae
 from ..models.vae import ParamLayout, VAEShape
 from ..scenarios.base import ClientData, Scenario
 from . import codebook, em, topics
+from .common import Batch, RoundPlan, client_generators
 from .base import Aggregated, Broadcast, ClientUpload, ModelLayout, Summed, UploadLayout, no_upload, pack, unpack
 
 EVAL_PROPORTION_ITERATIONS = 1000
@@ -65,16 +66,11 @@ class FedGMI:
                               config.model.hidden, config.model.latent)
         self.layout = ParamLayout(self.shape)
         self.warmup_rounds = min(self.cfg.warmup_rounds, self.cfg.rounds) if self.cfg.init == "topics" else 0
-        self.seen = np.array([c.client_id for c in scenario.clients if c.seen], dtype=np.int64)
-        self.everyone = np.arange(len(scenario.clients), dtype=np.int64)
+        self.plan = RoundPlan(self.cfg, scenario, self.seed)
         # Canonical shapes: every client's samples are padded to the largest client's, so a client's
         # arithmetic is the same whichever group (and rank) computes it.
         self.max_train = max(c.num_train for c in scenario.clients)
         self.max_test = max(len(c.x_test) for c in scenario.clients)
-        self.evaluated = self.everyone
-        if self.cfg.eval_clients and self.cfg.eval_clients < len(self.everyone):
-            pick = rngs.numpy_rng(self.seed, rngs.COHORT, 0).choice(len(self.everyone), self.cfg.eval_clients, replace=False)
-            self.evaluated = np.sort(self.everyone[pick])
         # This rank's memory of broadcasts its clients keep: the codebook (sent in the first topics
         # round, which every seen client takes part in) and each client's codewords, recomputed
         # from it wherever the client runs.
@@ -137,29 +133,20 @@ class FedGMI:
             codebook=codebook.start(self.input_dim, self.cfg.codebook_size, self.cfg.codebook_lloyd_iterations),
         )
 
-    def cohort(self, train_round: int) -> np.ndarray:
-        """The seen clients that train in a round: ``clients_per_round`` of them, drawn from the
-        server's own stream for that round (all of them by default)."""
-        size = self.cfg.clients_per_round
-        if not size or size >= len(self.seen):
-            return self.seen
-        return np.sort(rngs.numpy_rng(self.seed, rngs.COHORT, 1, train_round).choice(self.seen, size, replace=False))
-
     def configure(self, state: ServerState) -> Broadcast | None:
         # The initialisation involves every seen client; unseen clients only ever run inference.
         if state.phase == "codebook":
-            return Broadcast("codebook", state.round, pack([state.codebook.centroids]), cohort=self.seen)
+            return Broadcast("codebook", state.round, pack([state.codebook.centroids]), cohort=self.plan.seen)
         if state.phase == "topics":
             # Clients turn their samples into codewords once, in the first topics round, and keep
             # them: the (final) codebook travels only then.
             centroids = state.codebook.centroids if state.topic_iteration == 0 else np.zeros((0, 0))
-            return Broadcast("topics", state.round, pack([centroids, state.topics]), cohort=self.seen)
-        due_eval = self.cfg.eval_every > 0 and state.train_round > 0 and state.train_round % self.cfg.eval_every == 0
-        at_end = state.train_round >= self.cfg.rounds
-        if (due_eval or at_end) and state.last_eval_train_round != state.train_round:
+            return Broadcast("topics", state.round, pack([centroids, state.topics]), cohort=self.plan.seen)
+        phase = self.plan.next_phase(state.train_round, state.last_eval_train_round)
+        if phase == "evaluate":
             return Broadcast("evaluate", state.round, pack([]), model=state.params, evaluation_only=True,
-                             cohort=self.evaluated)
-        if at_end:
+                             cohort=self.plan.evaluated)
+        if phase is None:
             return None
         warmup = state.train_round < self.warmup_rounds
         control = np.array([float(warmup), float(state.best_restart)])
@@ -167,7 +154,7 @@ class FedGMI:
         # cohorts may be any of them: the topic table travels in every warm-up round.
         best_topics = state.topics[state.best_restart] if warmup else np.zeros((0, 0))
         return Broadcast("train", state.round, pack([control, best_topics]), model=state.params,
-                         cohort=self.cohort(state.train_round))
+                         cohort=self.plan.cohort(state.train_round))
 
     def upload_layout(self, broadcast: Broadcast) -> UploadLayout:
         if broadcast.phase == "codebook":
@@ -279,17 +266,17 @@ class FedGMI:
             histogram, state["topic_weights"], topic_words.astype(np.float64))
         return ClientUpload(delta=None, weights=np.zeros(0), statistics=np.concatenate([expected.ravel(), loglik]))
 
-    def _batch(self, clients: list[ClientData]) -> "Batch":
+    def _batch(self, clients: list[ClientData]) -> Batch:
         return Batch.of(clients, self.max_train, self.max_test, self.device)
 
     def _generators(self, clients: list[ClientData], purpose: int, round_index: int) -> list[torch.Generator]:
-        return [rngs.torch_generator(self.seed, purpose, c.client_id, round_index, device=self.device) for c in clients]
+        return client_generators(self.seed, clients, purpose, round_index, self.device)
 
     def _noise(self, generators: list[torch.Generator], samples: int, counts: list[int], padded: int) -> torch.Tensor:
         k, z = self.num_components, self.shape.latent
         return em.stacked_normal(generators, [(samples, k, n, z) for n in counts], (samples, k, padded, z), axis=2)
 
-    def _metrics(self, clients: list[ClientData], batch: "Batch", params: vae.Params, proportions: torch.Tensor,
+    def _metrics(self, clients: list[ClientData], batch: Batch, params: vae.Params, proportions: torch.Tensor,
                  log_likelihood: torch.Tensor, resp: torch.Tensor, test_samples: int,
                  generators: list[torch.Generator]) -> list[dict[str, np.ndarray]]:
         noise = self._noise(generators, test_samples, batch.test_counts.tolist(), self.max_test)
@@ -310,18 +297,11 @@ class FedGMI:
                         "accuracy": np.array(correct[g]), "confusion": confusion})
         return out
 
-    def _train_group(self, broadcast: Broadcast, clients: list[ClientData],
-                     states: list[dict[str, np.ndarray]]) -> list[ClientUpload]:
-        control, best_topics = unpack(broadcast.payload)
-        warmup, best_restart = bool(control[0]), int(control[1])
-        start = torch.as_tensor(broadcast.model, device=self.device)
-        params = self.layout.unflatten(start.expand(len(clients), *start.shape))
-        generators = self._generators(clients, rngs.CLIENT_TRAIN, broadcast.round)
-        batch = self._batch(clients)
-        counts = batch.counts.tolist()
-        log_px, logits = vae.iw_log_likelihood(params, batch.x, self._noise(generators, self.cfg.estep_samples, counts,
-                                                                          self.max_train))
-        log_likelihood = log_px.transpose(1, 2)  # [G, N, K]
+    def _training_responsibilities(self, clients: list[ClientData], states: list[dict[str, np.ndarray]], batch: Batch,
+                                   log_likelihood: torch.Tensor, logits: torch.Tensor, warmup: bool,
+                                   best_restart: int, best_topics: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(proportions [G, K], responsibilities [G, N, K]) a training round trains on: the topic
+        model's during warm-up, then the E-step's."""
         if warmup:
             resp = torch.zeros_like(log_likelihood)
             for g, (client, state) in enumerate(zip(clients, states)):
@@ -335,6 +315,22 @@ class FedGMI:
                 estep_ll = log_likelihood + torch.log_softmax(logits, -1).gather(3, labels).squeeze(3).transpose(1, 2)
             prior = torch.as_tensor(np.stack([s["proportions"] for s in states]), dtype=torch.float32, device=self.device)
             proportions, resp = em.fit_proportions(estep_ll, batch.mask, prior, self.cfg.proportion_iterations)
+        return proportions, resp
+
+    def _train_group(self, broadcast: Broadcast, clients: list[ClientData],
+                     states: list[dict[str, np.ndarray]]) -> list[ClientUpload]:
+        control, best_topics = unpack(broadcast.payload)
+        warmup, best_restart = bool(control[0]), int(control[1])
+        start = torch.as_tensor(broadcast.model, device=self.device)
+        params = self.layout.unflatten(start.expand(len(clients), *start.shape))
+        generators = self._generators(clients, rngs.CLIENT_TRAIN, broadcast.round)
+        batch = self._batch(clients)
+        counts = batch.counts.tolist()
+        log_px, logits = vae.iw_log_likelihood(params, batch.x, self._noise(generators, self.cfg.estep_samples, counts,
+                                                                          self.max_train))
+        log_likelihood = log_px.transpose(1, 2)  # [G, N, K]
+        proportions, resp = self._training_responsibilities(clients, states, batch, log_likelihood, logits, warmup,
+                                                             best_restart, best_topics)
         metrics = self._metrics(clients, batch, params, proportions, log_likelihood, resp, self.cfg.test_samples,
                                 generators)
         for state, value in zip(states, proportions.cpu().numpy()):
@@ -366,38 +362,3 @@ class FedGMI:
         for g, value in enumerate(mixture[:, 0].double().cpu().numpy()):
             metrics[g]["mixture_log_likelihood"] = np.array(value)
         return [no_upload(m) for m in metrics]
-
-
-@dataclass
-class Batch:
-    """A group's samples on the device, each client padded to the canonical sizes; masks say
-    which rows are real."""
-
-    x: torch.Tensor  # [G, N, D]
-    y: torch.Tensor  # [G, N]
-    mask: torch.Tensor  # [G, N] bool
-    counts: torch.Tensor  # [G]
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    test_mask: torch.Tensor
-    test_counts: torch.Tensor
-
-    @classmethod
-    def of(cls, clients: list[ClientData], max_train: int, max_test: int, device: torch.device) -> "Batch":
-        def pad(arrays: list[np.ndarray], length: int, dtype) -> torch.Tensor:
-            out = np.zeros((len(arrays), length, *arrays[0].shape[1:]), dtype=dtype)
-            for g, a in enumerate(arrays):
-                out[g, : len(a)] = a
-            return torch.from_numpy(out).to(device)
-
-        def mask(counts: list[int], length: int) -> torch.Tensor:
-            return (torch.arange(length)[None, :] < torch.tensor(counts)[:, None]).to(device)
-
-        train, test = [c.num_train for c in clients], [len(c.x_test) for c in clients]
-        return cls(
-            x=pad([c.x_train for c in clients], max_train, np.float32), y=pad([c.y_train for c in clients], max_train, np.int64),
-            mask=mask(train, max_train), counts=torch.tensor(train, device=device),
-            x_test=pad([c.x_test for c in clients], max_test, np.float32),
-            y_test=pad([c.y_test for c in clients], max_test, np.int64),
-            test_mask=mask(test, max_test), test_counts=torch.tensor(test, device=device),
-        )

@@ -30,7 +30,8 @@ def summarize(metrics: dict[str, np.ndarray], scenario: Scenario) -> dict[str, f
         if mask.any():
             out["accuracy" + suffix] = float(np.mean(accuracy[mask]))
     actual = scenario.actual_proportions()
-    if actual is None or metrics["proportions"].shape[1] != k or not seen.any():
+    # NaN proportions: the algorithm has none (a single global model); nothing to match or score
+    if actual is None or metrics["proportions"].shape[1] != k or not seen.any() or np.isnan(metrics["proportions"][seen]).all():
         return out
     perm = match_components(metrics["confusion"][seen].sum(0))
     out["permutation"] = perm

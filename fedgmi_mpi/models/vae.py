@@ -46,18 +46,19 @@ def _layers(shape: VAEShape) -> list[tuple[str, int, int]]:
     ]
 
 
-class ParamLayout:
-    """Flattens the parameters component-major: row k of a [..., K, P] matrix holds component k's
-    parameters, so per-component weighting and aggregation are row operations."""
+class StackedLayout:
+    """Flattens the parameters of K stacked networks component-major: row k of a [..., K, P]
+    matrix holds component k's parameters, so per-component weighting and aggregation are row
+    operations. ``layers``: (name, fan_in, fan_out) of each linear layer."""
 
-    def __init__(self, shape: VAEShape):
-        self.shape = shape
+    def __init__(self, layers: list[tuple[str, int, int]], num_components: int):
+        self.layers = layers
         self.names, self.shapes = [], []
-        for name, fan_in, fan_out in _layers(shape):
+        for name, fan_in, fan_out in layers:
             self.names += [f"{name}_w", f"{name}_b"]
             self.shapes += [(fan_in, fan_out), (1, fan_out)]
         self.sizes = [math.prod(s) for s in self.shapes]
-        self.num_components = shape.num_components
+        self.num_components = num_components
         self.per_component = sum(self.sizes)
 
     def unflatten(self, matrix: torch.Tensor) -> Params:
@@ -71,17 +72,29 @@ class ParamLayout:
         lead = first.shape[:-2]
         return torch.cat([params[name].reshape(*lead, -1) for name in self.names], dim=-1)
 
+    def init_matrix(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[K, P] float32: nn.Linear's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), per component."""
+        k = self.num_components
+        parts = []
+        for _, fan_in, fan_out in self.layers:
+            bound = 1.0 / math.sqrt(fan_in)
+            w = (torch.rand(k, fan_in, fan_out, generator=generator) * 2 - 1) * bound
+            b = (torch.rand(k, 1, fan_out, generator=generator) * 2 - 1) * bound
+            parts += [w.reshape(k, -1), b.reshape(k, -1)]
+        return torch.cat(parts, dim=1)
+
+
+class ParamLayout(StackedLayout):
+    """The K VAEs' layout."""
+
+    def __init__(self, shape: VAEShape):
+        super().__init__(_layers(shape), shape.num_components)
+        self.shape = shape
+
 
 def init_matrix(shape: VAEShape, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[K, P] float32: nn.Linear's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), per component."""
-    k = shape.num_components
-    parts = []
-    for _, fan_in, fan_out in _layers(shape):
-        bound = 1.0 / math.sqrt(fan_in)
-        w = (torch.rand(k, fan_in, fan_out, generator=generator) * 2 - 1) * bound
-        b = (torch.rand(k, 1, fan_out, generator=generator) * 2 - 1) * bound
-        parts += [w.reshape(k, -1), b.reshape(k, -1)]
-    return torch.cat(parts, dim=1)
+    """[K, P] float32 initial VAEs (see StackedLayout.init_matrix)."""
+    return ParamLayout(shape).init_matrix(generator)
 
 
 def _linear(params: Params, name: str, x: torch.Tensor) -> torch.Tensor:

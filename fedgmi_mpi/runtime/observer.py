@@ -77,7 +77,7 @@ class Observer:
                      f"  acc {summary['accuracy']:.3f}")
         text += f"  {record.wall_time:.2f}s/round  {time.perf_counter() - self.started:.0f}s"
         if phase == "evaluate":
-            self._line(text + "  (evaluation: IW likelihoods, proportions by E-steps from uniform)")
+            self._line(text + "  (evaluation: inference only, proportions from scratch)")
         elif self.tty:
             self.stream.write("\r\033[K" + text)
             self.stream.flush()

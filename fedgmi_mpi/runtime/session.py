@@ -40,7 +40,8 @@ def _create_log(config: Config, scenario, algorithm, channels, out: Path, overwr
         "config": config.to_json(), "seed": config.seed, "versions": json_dumps(versions()),
         "mpi_library": mpi_library(), "world_size": world_size, "git_commit": git_commit(),
         "created": _now(), "command": command, "scenario": scenario.description,
-        "algorithm": algorithm.name, **channels.attributes,
+        "algorithm": algorithm.name, "algorithm_reads_truth": bool(getattr(algorithm, "reads_truth", False)),
+        **channels.attributes,
     }
     client_specs = algorithm.metric_specs()
     return RunLog.create(

@@ -1,0 +1,41 @@
+"""Local training: every client trains its own classifier on its own samples and never
+communicates (no model goes down or up). Its model is its state, which the runtime keeps with it
+(4 bytes x 26,122 parameters by default; the state table holds them as float64)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..scenarios.base import ClientData
+from .base import Broadcast, ClientUpload, UploadLayout, no_upload
+from .classifiers import ClassifierBaseline, ServerState
+
+
+class Local(ClassifierBaseline):
+    name = "local"
+
+    def client_state_spec(self) -> dict[str, tuple[int, ...]]:
+        return {"proportions": (1,), "params": (self.layout.per_component,)}
+
+    def init_client(self, client: ClientData) -> dict[str, np.ndarray]:
+        # Every client starts from the same seeded initial model: built locally, no bytes.
+        return {"proportions": np.ones(1), "params": self.initial_model()[0].astype(np.float64)}
+
+    def configure(self, state: ServerState) -> Broadcast | None:
+        broadcast = super().configure(state)
+        if broadcast is not None:
+            broadcast.model = None  # nothing travels
+        return broadcast
+
+    def upload_layout(self, broadcast: Broadcast) -> UploadLayout:
+        return UploadLayout(0, 0, 0)
+
+    def start(self, broadcast: Broadcast, states: list[dict[str, np.ndarray]]) -> torch.Tensor:
+        own = np.stack([s["params"] for s in states]).astype(np.float32)
+        return torch.as_tensor(own, device=self.device).unsqueeze(1)  # [G, 1, P]
+
+    def uploads(self, deltas, weights, clients, states, trained, metrics) -> list[ClientUpload]:
+        for state, params in zip(states, trained[:, 0].double().cpu().numpy()):
+            state["params"][:] = params
+        return [no_upload(m) for m in metrics]
+
