@@ -60,6 +60,27 @@ def info() -> None:
             click.echo(f"{'devices':12s} cpu (no CUDA device visible)")
 
 
+@cli.command()
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value for every run.")
+@click.option("--algorithms", default="fedgmi,oracle,local,fedavg,fedprox,ifca,fedem", show_default=True)
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--ranks", default=3, show_default=True, type=click.IntRange(1), help="MPI ranks per run (1: serial).")
+@click.option("--folder", required=True, type=click.Path(file_okay=False), help="One log per run; existing logs are reused.")
+def compare(config_file: str | None, overrides: tuple[str, ...], algorithms: str, seeds: str, ranks: int,
+            folder: str) -> None:
+    """Run several algorithms over several seeds and print one comparison table."""
+    from . import compare as compare_mod
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    names = [a.strip() for a in algorithms.split(",") if a.strip()]
+    results = compare_mod.run_all(config_file, overrides, names, seed_list, ranks, Path(folder), click.echo)
+    click.echo(compare_mod.table(results))
+
+
 @cli.command("export-scenario")
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
