@@ -63,7 +63,7 @@ def info() -> None:
 @cli.command()
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value for every run.")
-@click.option("--algorithms", default="fedgmi,oracle,local,fedavg,fedprox,ifca,fedem", show_default=True)
+@click.option("--algorithms", default="fedgmi,oracle,local,fedavg,fedprox,ifca,fedem,fedgmm", show_default=True)
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--ranks", default=3, show_default=True, type=click.IntRange(1), help="MPI ranks per run (1: serial).")
 @click.option("--folder", required=True, type=click.Path(file_okay=False), help="One log per run; existing logs are reused.")

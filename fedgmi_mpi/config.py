@@ -42,7 +42,7 @@ class ModelConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: str = "fedgmi"  # fedgmi | oracle | local | fedavg | fedprox | ifca | fedem
+    name: str = "fedgmi"  # fedgmi | oracle | local | fedavg | fedprox | ifca | fedem | fedgmm
     rounds: int = 150  # training rounds (model down, updates up)
     warmup_rounds: int = 40  # first rounds train on the initial responsibilities, no E-step (all rounds if >= rounds)
     local_epochs: int = 2

@@ -11,7 +11,7 @@ from fedgmi_mpi.runtime import loop
 
 from conftest import SMALL, run_cli, run_mpi, small_args
 
-BASELINES = ["local", "fedavg", "fedprox", "ifca", "fedem", "oracle"]
+BASELINES = ["local", "fedavg", "fedprox", "ifca", "fedem", "fedgmm", "oracle"]
 
 
 def _config(*extra: str):
@@ -72,7 +72,7 @@ def test_ifca_picks_the_model_with_the_lowest_loss():
     nll[0, 2] -= 0.9  # client 0: model 2 is best on average
     nll[1, 1, :3] -= 0.9  # client 1: model 1 on its 3 real samples...
     nll[1, 3, 3:] -= 5.0  # ... whatever its padding says
-    mixing, resp = ifca.responsibilities(nll, batch, [{}, {}], training=True)
+    mixing, resp = ifca.responsibilities({}, nll, batch, [{}, {}], training=True)
     assert mixing.argmax(1).tolist() == [2, 1] and torch.all(mixing.sum(1) == 1)
     assert torch.all(resp[0, :, 2] == 1) and torch.all(resp[1, :, 1] == 1)
 
@@ -84,11 +84,11 @@ def test_fedem_recovers_the_proportions_of_two_well_separated_components():
     nll = torch.full((1, 2, 100), 8.0)
     nll[0, 0, :30] = 0.01  # 30 samples that model 0 explains, 70 that model 1 does
     nll[0, 1, 30:] = 0.01
-    proportions, resp = fedem.responsibilities(nll, batch, [{"proportions": np.full(2, 0.5)}], training=False)
+    proportions, resp = fedem.responsibilities({}, nll, batch, [{"proportions": np.full(2, 0.5)}], training=False)
     assert np.allclose(proportions[0].numpy(), [0.3, 0.7], atol=1e-3)
     assert resp[0, :30, 0].min() > 0.99 and resp[0, 30:, 1].min() > 0.99
     # a training round takes one E-step from the client's own proportions
-    proportions, _ = fedem.responsibilities(nll, batch, [{"proportions": np.array([0.5, 0.5])}], training=True)
+    proportions, _ = fedem.responsibilities({}, nll, batch, [{"proportions": np.array([0.5, 0.5])}], training=True)
     assert np.allclose(proportions[0].numpy(), [0.3, 0.7], atol=1e-3)
 
 
@@ -134,3 +134,40 @@ def test_baselines_do_not_depend_on_how_many_ranks_host_the_clients(tmp_path, na
             assert np.array_equal(a[key][()], b[key][()], equal_nan=True), key
         if name in ("fedavg", "fedprox", "local"):  # a single model has no proportions: NaN, not 0
             assert np.isnan(a["evaluate/proportions"][()]).all()
+
+
+def test_fedgmm_pools_the_gaussians_in_closed_form_and_predicts_in_log_space():
+    from fedgmi_mpi.algorithms.base import Summed
+    from fedgmi_mpi.algorithms.classifiers import class_logits, sample_nll
+
+    config = _config("algorithm.name=fedgmm")
+    scenario = scenarios.build(config)
+    algorithm = build(config, scenario, torch.device("cpu"))
+    server = algorithm.init_server()
+    broadcast = algorithm.configure(server)
+    clients = [scenario.clients[c] for c in broadcast.cohort]
+    states = [algorithm.init_client(c) for c in clients]
+    start = [dict(s, proportions=s["proportions"].copy()) for s in states]
+    uploads = algorithm.group_update(broadcast, clients, states)
+    weighted = sum(u.weights[:, None] * u.delta.astype(np.float64) for u in uploads)
+    weights = sum(u.weights for u in uploads)
+    algorithm.aggregate(server, broadcast, Summed(weighted, weights, np.zeros(0)))
+    # the pooled r-weighted mean of every client's codes under the model the round started from
+    model = torch.as_tensor(broadcast.model).unsqueeze(0)
+    params = algorithm.unflatten(model.expand(len(clients), *model.shape[1:]))
+    batch = Batch.of(clients, algorithm.max_train, algorithm.max_test, torch.device("cpu"))
+    nll = sample_nll(class_logits(params, batch.x), batch.y)
+    _, resp = algorithm.responsibilities(params, nll, batch, start, training=True)
+    r = (resp * batch.mask.unsqueeze(2)).double()
+    codes = algorithm.codes(params, batch.x).double()
+    pooled = torch.einsum("gnk,gnz->kz", r, codes) / r.sum((0, 1))[:, None]
+    k, c, z = algorithm.models, algorithm.classifier_size, algorithm.code
+    assert np.allclose(server.params[:k, c:c + z], pooled.numpy(), atol=1e-5)
+    assert np.allclose(weights[:k], r.sum((0, 1)).numpy()) and weights[k] == sum(c.num_train for c in clients)
+    # prediction: a proper distribution, and exactly sum_k w_k(x) p_k(y|x) with w ∝ pi_k N(e(x))
+    mixing = torch.tensor([[0.7, 0.1, 0.1, 0.1]]).expand(len(clients), -1)
+    probabilities = algorithm.predict(params, batch.x_test, mixing)
+    assert torch.allclose(probabilities.sum(2), torch.ones(probabilities.shape[:2]), atol=1e-5)
+    gate = torch.softmax(algorithm.log_density(params, algorithm.codes(params, batch.x_test)) + mixing.log().unsqueeze(1), 2)
+    direct = torch.einsum("gbk,gkbc->gbc", gate, torch.softmax(class_logits(params, batch.x_test), -1))
+    assert torch.allclose(probabilities, direct, atol=1e-5)

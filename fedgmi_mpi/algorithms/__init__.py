@@ -17,6 +17,7 @@ ALGORITHMS = {
     "fedprox": "fedprox:FedProx",
     "ifca": "ifca:IFCA",
     "fedem": "fedem:FedEM",
+    "fedgmm": "fedgmm:FedGMM",
 }
 
 

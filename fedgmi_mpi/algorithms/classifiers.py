@@ -81,10 +81,10 @@ class ClassifierBaseline:
     def num_models(self, scenario: Scenario) -> int:
         return 1
 
-    def responsibilities(self, nll: torch.Tensor, batch: Batch, states: list[dict[str, np.ndarray]],
+    def responsibilities(self, params: Params, nll: torch.Tensor, batch: Batch, states: list[dict[str, np.ndarray]],
                          training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """From per-sample losses nll [G, M, N]: (mixing [G, M], the weights a client predicts
-        with, and responsibilities [G, N, M], the weight of each sample in each model's loss).
+        """From per-sample losses nll [G, M, N]: (mixing [G, M], the client's proportions, and
+        responsibilities [G, N, M], the weight of each sample in each model's loss).
         ``training`` False: an evaluation round (inference from scratch, states untouched)."""
         ones = torch.ones(nll.shape[0], nll.shape[2], 1, device=nll.device)
         return torch.ones(nll.shape[0], 1, device=nll.device), ones
@@ -94,14 +94,22 @@ class ClassifierBaseline:
         mass (samples that trained the model). weights [G, N, M] is zero on padding."""
         return weights.sum(1)
 
+    def predict(self, params: Params, x: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
+        """p(y|x) [G, B, C] a client predicts with: sum_m mixing_m p_m(y|x) (fixed mixing)."""
+        return torch.einsum("gm,gmbc->gbc", mixing.to(torch.float32), torch.softmax(class_logits(params, x), dim=-1))
+
+    def unflatten(self, matrix: torch.Tensor) -> Params:
+        return self.layout.unflatten(matrix)
+
     def start(self, broadcast: Broadcast, states: list[dict[str, np.ndarray]]) -> torch.Tensor:
         """[G, M, P] the parameters each client starts from: the global model."""
         model = torch.as_tensor(broadcast.model, device=self.device)
         return model.expand(len(states), *model.shape)
 
     def uploads(self, deltas: np.ndarray, weights: np.ndarray, clients: list[ClientData],
-                states: list[dict[str, np.ndarray]], trained: torch.Tensor,
-                metrics: list[dict[str, np.ndarray]]) -> list[ClientUpload]:
+                states: list[dict[str, np.ndarray]], trained: torch.Tensor, metrics: list[dict[str, np.ndarray]],
+                params: Params, batch: Batch, resp: torch.Tensor) -> list[ClientUpload]:
+        """What each client sends; ``params`` are the ones it started from, ``resp`` its E-step's."""
         return [ClientUpload(delta=deltas[g], weights=weights[g], statistics=np.zeros(0), metrics=metrics[g])
                 if client.seen else no_upload(metrics[g]) for g, client in enumerate(clients)]
 
@@ -175,10 +183,10 @@ class ClassifierBaseline:
         generators = client_generators(self.seed, clients, purpose, broadcast.round, self.device)
         batch = Batch.of(clients, self.max_train, self.max_test, self.device)
         start = self.start(broadcast, states)
-        params = self.layout.unflatten(start)
+        params = self.unflatten(start)
         with torch.no_grad():
             nll = sample_nll(class_logits(params, batch.x), batch.y)  # [G, M, N]
-            mixing, resp = self.responsibilities(nll, batch, states, training)
+            mixing, resp = self.responsibilities(params, nll, batch, states, training)
             metrics = self._metrics(clients, batch, params, nll, mixing, resp)
         if not training:
             return [no_upload(m) for m in metrics]
@@ -190,7 +198,7 @@ class ClassifierBaseline:
                                     self.cfg.shuffle)
         deltas = (trained - start).cpu().numpy()
         upload_weights = self.upload_weights(weights, batch).double().cpu().numpy()
-        return self.uploads(deltas, upload_weights, clients, states, trained, metrics)
+        return self.uploads(deltas, upload_weights, clients, states, trained, metrics, params, batch, resp)
 
     def prox_mu(self) -> float:
         return 0.0
@@ -200,7 +208,7 @@ class ClassifierBaseline:
         mu = self.prox_mu()
 
         def loss(matrix: torch.Tensor, index: torch.Tensor, batch_mask: torch.Tensor) -> torch.Tensor:
-            nll = sample_nll(class_logits(self.layout.unflatten(matrix), batch.x[rows, index]), batch.y[rows, index])
+            nll = sample_nll(class_logits(self.unflatten(matrix), batch.x[rows, index]), batch.y[rows, index])
             w = (weights[rows, index] * batch_mask.unsqueeze(2)).permute(0, 2, 1).contiguous()  # [G, M, B]
             norm = w.sum(2) if self.loss_per_mass else batch_mask.sum(1, keepdim=True).to(w.dtype)
             per_model = (w * nll).sum(2) / norm.clamp_min(1e-8)
@@ -212,10 +220,9 @@ class ClassifierBaseline:
 
     def _metrics(self, clients: list[ClientData], batch: Batch, params: Params, nll: torch.Tensor,
                  mixing: torch.Tensor, resp: torch.Tensor) -> list[dict[str, np.ndarray]]:
-        """Personalised test accuracy (sum_m mixing_m p_m(y|x)); proportions, per-model mean
+        """Personalised test accuracy (``predict``); proportions, per-model mean
         log p_m(y|x) and the assignment confusion where the models are the K components."""
-        probabilities = torch.einsum("gm,gmbc->gbc", mixing.to(torch.float32),
-                                     torch.softmax(class_logits(params, batch.x_test), dim=-1))
+        probabilities = self.predict(params, batch.x_test, mixing)
         correct = ((probabilities.argmax(2) == batch.y_test) & batch.test_mask).sum(1).double()
         accuracy = (correct / batch.test_counts.double()).cpu().numpy()
         k = self.num_components

@@ -15,6 +15,7 @@ import torch
 
 from ..scenarios.base import Scenario
 from . import em
+from ..models.vae import Params
 from .classifiers import EVAL_PROPORTION_ITERATIONS, ClassifierBaseline
 from .common import Batch
 
@@ -26,7 +27,7 @@ class FedEM(ClassifierBaseline):
     def num_models(self, scenario: Scenario) -> int:
         return scenario.num_components
 
-    def responsibilities(self, nll: torch.Tensor, batch: Batch, states: list[dict[str, np.ndarray]],
+    def responsibilities(self, params: Params, nll: torch.Tensor, batch: Batch, states: list[dict[str, np.ndarray]],
                          training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         log_likelihood = -nll.transpose(1, 2)  # [G, N, M]: log p_m(y_i | x_i)
         if not training:

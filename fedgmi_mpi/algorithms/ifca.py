@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ..scenarios.base import Scenario
 from . import em
+from ..models.vae import Params
 from .classifiers import ClassifierBaseline
 from .common import Batch
 
@@ -21,7 +22,7 @@ class IFCA(ClassifierBaseline):
     def num_models(self, scenario: Scenario) -> int:
         return scenario.num_components
 
-    def responsibilities(self, nll: torch.Tensor, batch: Batch, states: list[dict[str, np.ndarray]],
+    def responsibilities(self, params: Params, nll: torch.Tensor, batch: Batch, states: list[dict[str, np.ndarray]],
                          training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         mean_loss = em.masked_mean(nll.transpose(1, 2), batch.mask)  # [G, M]
         picked = F.one_hot(mean_loss.argmin(1), self.models).to(nll.dtype)

@@ -34,7 +34,7 @@ class Local(ClassifierBaseline):
         own = np.stack([s["params"] for s in states]).astype(np.float32)
         return torch.as_tensor(own, device=self.device).unsqueeze(1)  # [G, 1, P]
 
-    def uploads(self, deltas, weights, clients, states, trained, metrics) -> list[ClientUpload]:
+    def uploads(self, deltas, weights, clients, states, trained, metrics, params, batch, resp) -> list[ClientUpload]:
         for state, params in zip(states, trained[:, 0].double().cpu().numpy()):
             state["params"][:] = params
         return [no_upload(m) for m in metrics]
