@@ -27,7 +27,7 @@ from ..models.vae import Params, StackedLayout
 from ..scenarios.base import ClientData, Scenario
 from . import em
 from .base import Aggregated, Broadcast, ClientUpload, ModelLayout, Summed, UploadLayout, no_upload, pack
-from .common import Batch, RoundPlan, client_generators
+from .common import Batch, GroupAlgorithmBase, client_generators
 
 EVAL_PROPORTION_ITERATIONS = 1000
 
@@ -58,7 +58,7 @@ class ServerState:
     last_eval_train_round: int = -1
 
 
-class ClassifierBaseline:
+class ClassifierBaseline(GroupAlgorithmBase):
     name = "classifier"
     reads_truth = False
     # A model's loss is its responsibility-weighted mean over the batch (each model takes steps of
@@ -66,16 +66,9 @@ class ClassifierBaseline:
     loss_per_mass = True
 
     def __init__(self, config: Config, scenario: Scenario, device: torch.device | str = "cpu"):
-        self.config = config
-        self.cfg = config.algorithm
-        self.seed = config.seed
-        self.device = torch.device(device)
-        self.num_components = scenario.num_components
+        super().__init__(config, scenario, device)
         self.models = self.num_models(scenario)
         self.layout = classifier_layout(self.models, scenario.input_dim, config.model.hidden, scenario.num_classes)
-        self.plan = RoundPlan(self.cfg, scenario, self.seed)
-        self.max_train = max(c.num_train for c in scenario.clients)
-        self.max_test = max(len(c.x_test) for c in scenario.clients)
 
     # ---- what a baseline says ------------------------------------------------------------
     def num_models(self, scenario: Scenario) -> int:
@@ -145,11 +138,8 @@ class ClassifierBaseline:
 
     def configure(self, state: ServerState) -> Broadcast | None:
         phase = self.plan.next_phase(state.train_round, state.last_eval_train_round)
-        if phase == "evaluate":
-            return Broadcast("evaluate", state.round, pack([]), model=state.params, evaluation_only=True,
-                             cohort=self.plan.evaluated)
-        if phase is None:
-            return None
+        if phase != "train":
+            return phase and self.plan.evaluation(state.round, state.params)
         return Broadcast("train", state.round, pack([]), model=state.params, cohort=self.plan.cohort(state.train_round))
 
     def upload_layout(self, broadcast: Broadcast) -> UploadLayout:
@@ -173,9 +163,6 @@ class ClassifierBaseline:
         return Aggregated(state, {"aggregation_weight": weight})
 
     # ---- client -------------------------------------------------------------------------
-    def client_update(self, broadcast: Broadcast, client: ClientData, state: dict[str, np.ndarray]) -> ClientUpload:
-        return self.group_update(broadcast, [client], [state])[0]
-
     def group_update(self, broadcast: Broadcast, clients: list[ClientData],
                      states: list[dict[str, np.ndarray]]) -> list[ClientUpload]:
         training = broadcast.phase == "train"

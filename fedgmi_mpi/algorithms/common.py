@@ -7,8 +7,9 @@ import numpy as np
 import torch
 
 from .. import rng as rngs
-from ..config import AlgorithmConfig
+from ..config import AlgorithmConfig, Config
 from ..scenarios.base import ClientData, Scenario
+from .base import Broadcast, pack
 
 
 class RoundPlan:
@@ -39,6 +40,29 @@ class RoundPlan:
         if (due or at_end) and last_eval_train_round != train_round:
             return "evaluate"
         return None if at_end else "train"
+
+    def evaluation(self, round_index: int, model: np.ndarray | None) -> Broadcast:
+        """An evaluation round: inference only on the model, for the evaluated clients."""
+        return Broadcast("evaluate", round_index, pack([]), model=model, evaluation_only=True, cohort=self.evaluated)
+
+
+class GroupAlgorithmBase:
+    """What every algorithm here sets up: its config, the round plan, and the canonical padded
+    sizes - every client's samples are padded to the largest client's, so a client's arithmetic
+    is the same whichever group (and rank) computes it - and the one-client path as a group of one."""
+
+    def __init__(self, config: Config, scenario: Scenario, device: torch.device | str = "cpu"):
+        self.config = config
+        self.cfg = config.algorithm
+        self.seed = config.seed
+        self.device = torch.device(device)
+        self.num_components = scenario.num_components
+        self.plan = RoundPlan(self.cfg, scenario, self.seed)
+        self.max_train = max(c.num_train for c in scenario.clients)
+        self.max_test = max(len(c.x_test) for c in scenario.clients)
+
+    def client_update(self, broadcast, client: ClientData, state: dict[str, np.ndarray]):
+        return self.group_update(broadcast, [client], [state])[0]
 
 
 def client_generators(seed: int, clients: list[ClientData], purpose: int, round_index: int,

@@ -31,7 +31,7 @@ from ..models import vae
 from ..models.vae import ParamLayout, VAEShape
 from ..scenarios.base import ClientData, Scenario
 from . import codebook, em, topics
-from .common import Batch, RoundPlan, client_generators
+from .common import Batch, GroupAlgorithmBase, client_generators
 from .base import Aggregated, Broadcast, ClientUpload, ModelLayout, Summed, UploadLayout, no_upload, pack, unpack
 
 EVAL_PROPORTION_ITERATIONS = 1000
@@ -52,25 +52,16 @@ class ServerState:
     collapsed: set[int] = field(default_factory=set)
 
 
-class FedGMI:
+class FedGMI(GroupAlgorithmBase):
     name = "fedgmi"
 
     def __init__(self, config: Config, scenario: Scenario, device: torch.device | str = "cpu"):
-        self.config = config
-        self.cfg = config.algorithm
-        self.seed = config.seed
-        self.device = torch.device(device)
-        self.num_components = scenario.num_components
+        super().__init__(config, scenario, device)
         self.input_dim = scenario.input_dim
         self.shape = VAEShape(scenario.num_components, scenario.input_dim, scenario.num_classes,
                               config.model.hidden, config.model.latent)
         self.layout = ParamLayout(self.shape)
         self.warmup_rounds = min(self.cfg.warmup_rounds, self.cfg.rounds) if self.cfg.init == "topics" else 0
-        self.plan = RoundPlan(self.cfg, scenario, self.seed)
-        # Canonical shapes: every client's samples are padded to the largest client's, so a client's
-        # arithmetic is the same whichever group (and rank) computes it.
-        self.max_train = max(c.num_train for c in scenario.clients)
-        self.max_test = max(len(c.x_test) for c in scenario.clients)
         # This rank's memory of broadcasts its clients keep: the codebook (sent in the first topics
         # round, which every seen client takes part in) and each client's codewords, recomputed
         # from it wherever the client runs.
@@ -143,11 +134,8 @@ class FedGMI:
             centroids = state.codebook.centroids if state.topic_iteration == 0 else np.zeros((0, 0))
             return Broadcast("topics", state.round, pack([centroids, state.topics]), cohort=self.plan.seen)
         phase = self.plan.next_phase(state.train_round, state.last_eval_train_round)
-        if phase == "evaluate":
-            return Broadcast("evaluate", state.round, pack([]), model=state.params, evaluation_only=True,
-                             cohort=self.plan.evaluated)
-        if phase is None:
-            return None
+        if phase != "train":
+            return phase and self.plan.evaluation(state.round, state.params)
         warmup = state.train_round < self.warmup_rounds
         control = np.array([float(warmup), float(state.best_restart)])
         # A client computes its initial responsibilities in its first warm-up round, which with
@@ -227,9 +215,6 @@ class FedGMI:
             if centroids.size:
                 self.codebook = centroids.astype(np.float64)
                 self.words.clear()
-
-    def client_update(self, broadcast: Broadcast, client: ClientData, state: dict[str, np.ndarray]) -> ClientUpload:
-        return self.group_update(broadcast, [client], [state])[0]
 
     def group_update(self, broadcast: Broadcast, clients: list[ClientData],
                      states: list[dict[str, np.ndarray]]) -> list[ClientUpload]:
