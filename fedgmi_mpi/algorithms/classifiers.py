@@ -74,13 +74,13 @@ class ClassifierBaseline(GroupAlgorithmBase):
     def num_models(self, scenario: Scenario) -> int:
         return 1
 
-    def responsibilities(self, params: Params, nll: torch.Tensor, batch: Batch, states: list[dict[str, np.ndarray]],
+    def responsibilities(self, params: Params, nll: torch.Tensor | None, batch: Batch, states: list[dict[str, np.ndarray]],
                          training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """From per-sample losses nll [G, M, N]: (mixing [G, M], the client's proportions, and
         responsibilities [G, N, M], the weight of each sample in each model's loss).
         ``training`` False: an evaluation round (inference from scratch, states untouched)."""
-        ones = torch.ones(nll.shape[0], nll.shape[2], 1, device=nll.device)
-        return torch.ones(nll.shape[0], 1, device=nll.device), ones
+        groups, samples = batch.mask.shape
+        return torch.ones(groups, 1, device=self.device), torch.ones(groups, samples, 1, device=self.device)
 
     def upload_weights(self, weights: torch.Tensor, batch: Batch) -> torch.Tensor:
         """[G, M] weight of each model's delta in the server's mean; default: the responsibility
@@ -172,7 +172,8 @@ class ClassifierBaseline(GroupAlgorithmBase):
         start = self.start(broadcast, states)
         params = self.unflatten(start)
         with torch.no_grad():
-            nll = sample_nll(class_logits(params, batch.x), batch.y)  # [G, M, N]
+            # [G, M, N] per-sample losses; a single model needs none (nothing to choose between)
+            nll = sample_nll(class_logits(params, batch.x), batch.y) if self.models > 1 else None
             mixing, resp = self.responsibilities(params, nll, batch, states, training)
             metrics = self._metrics(clients, batch, params, nll, mixing, resp)
         if not training:
@@ -205,7 +206,7 @@ class ClassifierBaseline(GroupAlgorithmBase):
 
         return loss
 
-    def _metrics(self, clients: list[ClientData], batch: Batch, params: Params, nll: torch.Tensor,
+    def _metrics(self, clients: list[ClientData], batch: Batch, params: Params, nll: torch.Tensor | None,
                  mixing: torch.Tensor, resp: torch.Tensor) -> list[dict[str, np.ndarray]]:
         """Personalised test accuracy (``predict``); proportions, per-model mean
         log p_m(y|x) and the assignment confusion where the models are the K components."""
@@ -214,7 +215,7 @@ class ClassifierBaseline(GroupAlgorithmBase):
         accuracy = (correct / batch.test_counts.double()).cpu().numpy()
         k = self.num_components
         as_components = self.models == k
-        mean_ll = (-em.masked_mean(nll.transpose(1, 2), batch.mask)).double().cpu().numpy()
+        mean_ll = (-em.masked_mean(nll.transpose(1, 2), batch.mask)).double().cpu().numpy() if as_components else None
         proportions = mixing.double().cpu().numpy()
         assigned = resp.argmax(2).cpu().numpy()
         out = []

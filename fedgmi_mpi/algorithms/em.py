@@ -62,15 +62,16 @@ def predict_proba(log_likelihood: torch.Tensor, class_logits: torch.Tensor, prop
     return torch.einsum("gnk,gknc->gnc", gate, torch.softmax(class_logits, dim=-1))
 
 
-def batch_schedule(orders: list[torch.Tensor], step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices [G, B] and mask [G, B] of each client's ``step``-th mini-batch of its own order."""
+def epoch_schedule(orders: list[torch.Tensor], steps: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every client's sample order laid out as ``steps`` mini-batches: indices [G, steps * B] and
+    a mask of the real ones (a client with fewer samples has empty last batches); step s is
+    columns s*B .. (s+1)*B."""
     device = orders[0].device
-    index = torch.zeros(len(orders), batch_size, dtype=torch.long, device=device)
-    mask = torch.zeros(len(orders), batch_size, dtype=torch.bool, device=device)
+    index = torch.zeros(len(orders), steps * batch_size, dtype=torch.long, device=device)
+    mask = torch.zeros(len(orders), steps * batch_size, dtype=torch.bool, device=device)
     for g, order in enumerate(orders):
-        part = order[step * batch_size:(step + 1) * batch_size]
-        index[g, : len(part)] = part
-        mask[g, : len(part)] = True
+        index[g, : len(order)] = order
+        mask[g, : len(order)] = True
     return index, mask
 
 
@@ -146,8 +147,11 @@ def local_training(
     for _ in range(epochs):
         orders = [torch.randperm(int(n), generator=gen, device=gen.device) if shuffle
                   else torch.arange(int(n), device=gen.device) for n, gen in zip(counts.tolist(), generators)]
-        for step in range(math.ceil(padded / batch_size)):
-            index, batch_mask = batch_schedule(orders, step, batch_size)
+        batches = math.ceil(padded / batch_size)
+        all_index, all_mask = epoch_schedule(orders, batches, batch_size)
+        for step in range(batches):
+            index = all_index[:, step * batch_size:(step + 1) * batch_size]
+            batch_mask = all_mask[:, step * batch_size:(step + 1) * batch_size]
             if not bool(batch_mask.any()):  # every client of the group is done with this epoch
                 continue
             (grad,) = torch.autograd.grad(loss(matrix, index, batch_mask).sum(), matrix)
