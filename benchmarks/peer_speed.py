@@ -7,7 +7,7 @@ replacement (numpy seed 0); each round every client runs one epoch of plain SGD 
 from the global model, then FedAvg weighted by sample count; 10 rounds; 1 torch thread per process; test accuracy at
 the end on 400 held-out digits. Per framework, --runs fresh launches: the median over runs of the median s/round;
 start-up = launch to the end of round 1 less one median round (lazy set-up inside round 1, e.g. Ray actors, counts);
-peak memory = the largest sum of RSS over the process tree (/proc, every 0.1 s). Flower and pfl run as
+peak memory = the largest sum of RSS over the process tree (/proc, every 0.2 s). Flower and pfl run as
 `peer_speed.py --worker NAME` under --peers-python, a separate venv:
   python3.11 -m venv /work/peers-venv && /work/peers-venv/bin/pip install torch==2.13.0 'flwr[simulation]' pfl scikit-learn psutil
 """
@@ -230,11 +230,12 @@ def launch(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, str]
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
         while proc.poll() is None:
             peak = max(peak, tree_rss(proc.pid))
-            time.sleep(0.1)
+            time.sleep(0.2)  # one poll of a Ray tree costs ~7 ms of CPU
         ended = time.time()
         out.seek(0), err.seek(0)
-        if proc.returncode != 0:
-            raise RuntimeError(f"exit {proc.returncode}: " + (err.read().strip().splitlines() or ["(no stderr)"])[-1][:300])
+        if proc.returncode != 0:  # the last stderr line that is not MPI's own abort notice
+            lines = [line for line in err.read().splitlines() if line.strip() and "MPI_Abort" not in line]
+            raise RuntimeError(f"exit {proc.returncode}: {(lines or ['(no stderr)'])[-1][:300]}")
         return started, ended, peak, out.read()
 
 

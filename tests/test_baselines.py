@@ -36,7 +36,7 @@ def test_fedavg_with_one_client_is_local_training_on_it():
     scenario = scenarios.build(config)
     local = build(_config("scenario.num_clients=1", "scenario.unseen_clients=0", "algorithm.eval_every=0",
                           "algorithm.name=local"), scenario, torch.device("cpu"))
-    client_state = local.init_client(scenario.clients[0])
+    client_state = {**local.init_client(scenario.clients[0]), **local.init_private(scenario.clients[0])}
     server = local.init_server()
     while (broadcast := local.configure(server)) is not None and broadcast.phase == "train":
         local.client_update(broadcast, scenario.clients[0], client_state)

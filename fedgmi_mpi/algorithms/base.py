@@ -127,6 +127,15 @@ class GroupAlgorithm(Algorithm, Protocol):
                      states: list[dict[str, np.ndarray]]) -> list[ClientUpload]: ...
 
 
+class PrivateState(Protocol):
+    """Optional: state too big to travel with a client (e.g. its own model). It is kept only on the
+    client's home rank, never shared between ranks or logged, and such a client always runs on its
+    home rank. ``update`` sees it merged into ``state`` beside the shared arrays."""
+
+    def client_private_spec(self) -> dict[str, tuple[int, ...]]: ...
+    def init_private(self, client: ClientData) -> dict[str, np.ndarray]: ...
+
+
 class Observer(Protocol):
     """Optional: ``observe`` is called on every rank for every broadcast, before any client runs,
     so an algorithm can keep what its clients will need later wherever they run (FedGMI keeps the

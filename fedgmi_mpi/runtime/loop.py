@@ -146,10 +146,13 @@ def run(
     clients = scenario.clients
     table = StateTable(algorithm.client_state_spec(), [algorithm.init_client(c) for c in clients])
     workloads = client_workloads([c.num_train for c in clients], [len(c.x_test) for c in clients], [c.seen for c in clients])
-    # A client whose uplink keeps state (an error-feedback residual) always runs on its home rank,
-    # where that state lives; otherwise the cohort is balanced over the workers every round.
+    # A client whose uplink keeps state (an error-feedback residual) or whose algorithm keeps private
+    # state (a model of its own) always runs on its home rank, where that state lives; otherwise the
+    # cohort is balanced over the workers every round.
     home = assign_clients(workloads, transport.workers)
-    pinned = channels.uplink.error_feedback
+    private_spec = getattr(algorithm, "client_private_spec", dict)()
+    private: dict[int, dict[str, np.ndarray]] = {}  # this rank's clients' private state, made on first use
+    pinned = channels.uplink.error_feedback or bool(private_spec)
     channel_states: dict[int, ClientChannel] = {}
     downloads = Downloads(len(clients), 4 * channels.downlink.layout.parameters, channels.downlink.cap is not None)
     server_state = algorithm.init_server() if transport.is_server else None
@@ -189,6 +192,10 @@ def run(
         local = np.zeros(_buffer_size(layout), dtype=np.int64)
         rows = np.full((len(mine), width), np.nan)
         states = [table.views(cid) for cid in mine]
+        for cid, state in zip(mine, states) if private_spec else ():
+            if cid not in private:
+                private[cid] = algorithm.init_private(clients[cid])
+            state.update(private[cid])
         computing = time.perf_counter()
         uploads = groups.run(algorithm, broadcast, [clients[c] for c in mine], states)
         for i, (cid, upload) in enumerate(zip(mine, uploads)):
