@@ -215,7 +215,7 @@ class ClassifierBaseline(GroupAlgorithmBase):
         accuracy = (correct / batch.test_counts.double()).cpu().numpy()
         k = self.num_components
         as_components = self.models == k
-        mean_ll = (-em.masked_mean(nll.transpose(1, 2), batch.mask)).double().cpu().numpy() if as_components else None
+        mean_ll = None if nll is None else (-em.masked_mean(nll.transpose(1, 2), batch.mask)).double().cpu().numpy()
         proportions = mixing.double().cpu().numpy()
         assigned = resp.argmax(2).cpu().numpy()
         out = []
@@ -226,6 +226,6 @@ class ClassifierBaseline(GroupAlgorithmBase):
                 if client.true_components_train is not None:  # scoring only: never feeds back into training
                     np.add.at(confusion, (client.true_components_train, assigned[g, : client.num_train]), 1.0)
             out.append({"proportions": proportions[g] if as_components else np.full(k, np.nan),
-                        "log_likelihood": mean_ll[g] if as_components else np.full(k, np.nan),
+                        "log_likelihood": mean_ll[g] if as_components and mean_ll is not None else np.full(k, np.nan),
                         "accuracy": np.array(accuracy[g]), "confusion": confusion})
         return out
