@@ -29,11 +29,16 @@ from ..models import vae
 from ..models.vae import Params, StackedLayout
 from ..scenarios.base import ClientData, Scenario
 from . import em
-from .base import ClientUpload, ModelLayout, UploadLayout, Broadcast
-from .classifiers import EVAL_PROPORTION_ITERATIONS, ClassifierBaseline, class_logits, sample_nll
+from .base import Broadcast, ClientUpload, ModelLayout, UploadLayout, pack, unpack
+from .classifiers import EVAL_PROPORTION_ITERATIONS, ClassifierBaseline, ServerState, class_logits, sample_nll
 from .common import Batch
 
 VARIANCE_FLOOR = 1e-3
+# Rounds whose responsibilities come from a fixed random split of code space instead of the
+# mixture: a Gaussian mixture started from random means lets the component nearest the codes take
+# every sample while the others starve (measured: all clients on one component); the split spreads
+# the first means over the data.
+SPREAD_ROUNDS = 5
 
 
 class FedGMM(ClassifierBaseline):
@@ -46,6 +51,7 @@ class FedGMM(ClassifierBaseline):
         self.autoencoder = StackedLayout([("ae1", d, h), ("ae2", h, z), ("ad1", z, h), ("ad2", h, d)], 1)
         self.classifier_size = self.layout.per_component
         self.row_size = max(self.classifier_size + 2 * z, self.autoencoder.per_component)
+        self.spreading = False  # set per round from the broadcast (see SPREAD_ROUNDS)
 
     def num_models(self, scenario: Scenario) -> int:
         return scenario.num_components
@@ -99,12 +105,34 @@ class FedGMM(ClassifierBaseline):
         return -0.5 * (diff.pow(2) / variance.unsqueeze(1) + variance.log().unsqueeze(1) + math.log(2 * math.pi)).sum(-1)
 
     # ---- the algorithm -------------------------------------------------------------------
+    def configure(self, state: ServerState) -> Broadcast | None:
+        broadcast = super().configure(state)
+        if broadcast is not None and broadcast.phase == "train":
+            broadcast.payload = pack([np.array([float(state.train_round < SPREAD_ROUNDS)])])
+        return broadcast
+
+    def group_update(self, broadcast: Broadcast, clients: list[ClientData],
+                     states: list[dict[str, np.ndarray]]) -> list[ClientUpload]:
+        (control,) = unpack(broadcast.payload) if broadcast.phase == "train" else (np.zeros(1),)
+        self.spreading = bool(control[0])
+        return super().group_update(broadcast, clients, states)
+
+    def _spread(self, codes: torch.Tensor) -> torch.Tensor:
+        """[G, N, K] soft split of code space along K fixed random directions (from the seed)."""
+        generator = rngs.torch_generator(self.seed, rngs.SERVER, 1)
+        directions = torch.randn(self.models, self.code, generator=generator).to(codes.device)
+        scores = codes @ directions.T
+        return torch.softmax(scores / scores.std().clamp_min(1e-6) * 4.0, dim=2)
+
     def responsibilities(self, params: Params, nll: torch.Tensor, batch: Batch, states: list[dict[str, np.ndarray]],
                          training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         log_density = self.log_density(params, self.codes(params, batch.x))  # [G, N, K]
         if not training:
             uniform = torch.full((len(states), self.models), 1.0 / self.models, device=nll.device)
             return em.fit_proportions(log_density, batch.mask, uniform, EVAL_PROPORTION_ITERATIONS)
+        if self.spreading:
+            resp = self._spread(self.codes(params, batch.x))
+            return em.masked_mean(resp, batch.mask), resp
         prior = torch.as_tensor(np.stack([s["proportions"] for s in states]), dtype=torch.float32, device=nll.device)
         resp = em.responsibilities(log_density - nll.transpose(1, 2), prior)
         return em.masked_mean(resp, batch.mask), resp
