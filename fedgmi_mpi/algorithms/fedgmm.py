@@ -121,8 +121,9 @@ class FedGMM(ClassifierBaseline):
         """[G, N, K] soft split of code space along K fixed random directions (from the seed)."""
         generator = rngs.torch_generator(self.seed, rngs.SERVER, 1)
         directions = torch.randn(self.models, self.code, generator=generator).to(codes.device)
-        scores = codes @ directions.T
-        return torch.softmax(scores / scores.std().clamp_min(1e-6) * 4.0, dim=2)
+        scores = codes @ directions.T  # [G, N, K]
+        spread = scores.std(dim=(1, 2), keepdim=True).clamp_min(1e-6)  # each client's own: group-independent
+        return torch.softmax(scores / spread * 4.0, dim=2)
 
     def responsibilities(self, params: Params, nll: torch.Tensor, batch: Batch, states: list[dict[str, np.ndarray]],
                          training: bool) -> tuple[torch.Tensor, torch.Tensor]:
