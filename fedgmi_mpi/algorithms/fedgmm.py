@@ -4,20 +4,22 @@ autoencoder is the density model of x, paired with K classifiers.
 Joint model of a client's sample: p(x, y) = sum_k pi_ck N(e(x); mu_k, diag var_k) p_k(y|x), with
 e the autoencoder's encoder (one shared autoencoder, trained on every sample's reconstruction).
 Client round: E-step r_ik ∝ pi_ck N(e(x_i); mu_k, var_k) p_k(y_i|x_i), pi_c = mean_i r_i; the
-classifiers train on the r-weighted loss and the autoencoder on reconstruction; the Gaussian's
-M-step is closed form: the client sends its own r-weighted mean and second moment of the codes,
-and the server's mass-weighted mean of them is the pooled estimate. Server: component k (its
-classifier and Gaussian) averaged with weight sum_i r_ik (FedGMM's n_t pi_tk), the autoencoder
-with weight n_t. Prediction gated by the input, all in log space:
+classifiers train on the r-weighted loss and the autoencoder on reconstruction; the Gaussians'
+M-step is closed form: clients send their sufficient statistics (sum_i r_ik, sum_i r_ik e(x_i),
+sum_i r_ik e(x_i)^2) as exact statistics beside the model rows, never through a lossy codec, and
+the server pools them. Server: classifier k averaged with weight sum_i r_ik (FedGMM's n_t pi_tk),
+the autoencoder with weight n_t; the Gaussians travel down in the broadcast's control payload.
+Prediction gated by the input, all in log space:
 p(y|x) = sum_k softmax_k(log pi_k + log N(e(x); mu_k, var_k)) p_k(y|x). (The reference code adds a
 probability to a log-probability there; here every term is a log until one final exp.)
 Evaluation and unseen clients: EM on pi from uniform with the code likelihoods alone.
 
-Model rows: K rows [classifier k | mu_k | second moment_k | zeros] and one row [autoencoder |
-zeros], all as long as the longest (a dense upload carries the padding: 4 bytes a zero)."""
+Model rows: K classifier rows and one [autoencoder | zeros] row, as long as a classifier (a dense
+upload carries the padding: 4 bytes a zero)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from ..models.vae import Params, StackedLayout
 from ..scenarios.base import ClientData, Scenario
 from . import em
 from .base import Broadcast, ClientUpload, ModelLayout, UploadLayout, pack, unpack
+from .base import Aggregated, Summed
 from .classifiers import EVAL_PROPORTION_ITERATIONS, ClassifierBaseline, ServerState, class_logits, sample_nll
 from .common import Batch
 
@@ -41,6 +44,12 @@ VARIANCE_FLOOR = 1e-3
 SPREAD_ROUNDS = 5
 
 
+@dataclass
+class GMMServerState(ServerState):
+    gmm_mean: np.ndarray | None = None  # [K, Z]
+    gmm_moment: np.ndarray | None = None  # [K, Z] second moments; variance = moment - mean^2
+
+
 class FedGMM(ClassifierBaseline):
     name = "fedgmm"
 
@@ -50,40 +59,70 @@ class FedGMM(ClassifierBaseline):
         self.code = z
         self.autoencoder = StackedLayout([("ae1", d, h), ("ae2", h, z), ("ad1", z, h), ("ad2", h, d)], 1)
         self.classifier_size = self.layout.per_component
-        self.row_size = max(self.classifier_size + 2 * z, self.autoencoder.per_component)
-        self.spreading = False  # set per round from the broadcast (see SPREAD_ROUNDS)
+        self.row_size = max(self.classifier_size, self.autoencoder.per_component)
+        # set per round from the broadcast: the spread flag and the Gaussians [K, Z]
+        self.spreading = False
+        self.gaussians: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _control(self, spreading: bool, mean: np.ndarray, moment: np.ndarray) -> np.ndarray:
+        return pack([np.array([float(spreading)]), mean, moment])
 
     def num_models(self, scenario: Scenario) -> int:
         return scenario.num_components
 
     # ---- the model -----------------------------------------------------------------------
     def model_layout(self) -> ModelLayout:
-        used = self.classifier_size + 2 * self.code
-        segments = (*self.layout.sizes, 2 * self.code) + ((self.row_size - used,) if self.row_size > used else ())
-        return ModelLayout(rows=self.models + 1, row_size=self.row_size, segments=segments, control_bytes=0)
+        segments = tuple(self.layout.sizes) + ((self.row_size - self.classifier_size,)
+                                               if self.row_size > self.classifier_size else ())
+        zeros = np.zeros((self.models, self.code))
+        return ModelLayout(rows=self.models + 1, row_size=self.row_size, segments=segments,
+                           control_bytes=4 * self._control(True, zeros, zeros).size, statistics=self._statistics())
+
+    def _statistics(self) -> int:
+        return self.models * (1 + 2 * self.code)  # per component: mass, sum of codes, sum of squares
 
     def upload_layout(self, broadcast: Broadcast) -> UploadLayout:
-        return UploadLayout(self.models + 1, self.row_size, 0) if broadcast.phase == "train" else UploadLayout(0, 0, 0)
+        if broadcast.phase == "train":
+            return UploadLayout(self.models + 1, self.row_size, self._statistics())
+        return UploadLayout(0, 0, 0)
 
     def server_metric_specs(self) -> dict[str, dict[str, tuple[int, ...]]]:
         return {"train": {"aggregation_weight": (self.models + 1,)}, "evaluate": {}}
 
     def initial_model(self) -> np.ndarray:
         generator = rngs.torch_generator(self.seed, rngs.SERVER, 0)
-        k, c, z = self.models, self.classifier_size, self.code
-        matrix = torch.zeros(k + 1, self.row_size)
-        matrix[:k, :c] = self.layout.init_matrix(generator)
-        mean = 0.5 * torch.randn(k, z, generator=generator)
-        matrix[:k, c:c + z] = mean
-        matrix[:k, c + z:c + 2 * z] = mean.pow(2) + 1.0  # unit variances
-        matrix[k, : self.autoencoder.per_component] = self.autoencoder.init_matrix(generator)[0]
+        matrix = torch.zeros(self.models + 1, self.row_size)
+        matrix[: self.models, : self.classifier_size] = self.layout.init_matrix(generator)
+        matrix[self.models, : self.autoencoder.per_component] = self.autoencoder.init_matrix(generator)[0]
         return matrix.numpy()
 
+    def init_server(self) -> GMMServerState:
+        mean = 0.5 * rngs.numpy_rng(self.seed, rngs.SERVER, 1).standard_normal((self.models, self.code))
+        return GMMServerState(params=self.initial_model(), gmm_mean=mean, gmm_moment=mean**2 + 1.0)  # unit variances
+
+    def configure(self, state: GMMServerState) -> Broadcast | None:
+        broadcast = super().configure(state)
+        if broadcast is not None:
+            spreading = broadcast.phase == "train" and state.train_round < SPREAD_ROUNDS
+            broadcast.payload = self._control(spreading, state.gmm_mean, state.gmm_moment)
+        return broadcast
+
+    def aggregate(self, state: GMMServerState, broadcast: Broadcast, summed: Summed) -> Aggregated:
+        if broadcast.phase == "train":  # the Gaussians' pooled closed-form M-step
+            k, z = self.models, self.code
+            mass = summed.statistics[:k]
+            sums = summed.statistics[k:].reshape(2, k, z)
+            held = mass > 0
+            state.gmm_mean[held] = sums[0][held] / mass[held, None]
+            state.gmm_moment[held] = sums[1][held] / mass[held, None]
+        return super().aggregate(state, broadcast, summed)
+
     def unflatten(self, matrix: torch.Tensor) -> Params:
-        k, c, z = self.models, self.classifier_size, self.code
+        k, c = self.models, self.classifier_size
         params = self.layout.unflatten(matrix[:, :k, :c])
-        params["gmm_mean"] = matrix[:, :k, c:c + z]
-        params["gmm_moment"] = matrix[:, :k, c + z:c + 2 * z]
+        mean, moment = self.gaussians
+        params["gmm_mean"] = mean.expand(len(matrix), *mean.shape)
+        params["gmm_moment"] = moment.expand(len(matrix), *moment.shape)
         params.update(self.autoencoder.unflatten(matrix[:, k:, : self.autoencoder.per_component]))
         return params
 
@@ -105,16 +144,11 @@ class FedGMM(ClassifierBaseline):
         return -0.5 * (diff.pow(2) / variance.unsqueeze(1) + variance.log().unsqueeze(1) + math.log(2 * math.pi)).sum(-1)
 
     # ---- the algorithm -------------------------------------------------------------------
-    def configure(self, state: ServerState) -> Broadcast | None:
-        broadcast = super().configure(state)
-        if broadcast is not None and broadcast.phase == "train":
-            broadcast.payload = pack([np.array([float(state.train_round < SPREAD_ROUNDS)])])
-        return broadcast
-
     def group_update(self, broadcast: Broadcast, clients: list[ClientData],
                      states: list[dict[str, np.ndarray]]) -> list[ClientUpload]:
-        (control,) = unpack(broadcast.payload) if broadcast.phase == "train" else (np.zeros(1),)
+        control, mean, moment = unpack(broadcast.payload)
         self.spreading = bool(control[0])
+        self.gaussians = (torch.as_tensor(mean, device=self.device), torch.as_tensor(moment, device=self.device))
         return super().group_update(broadcast, clients, states)
 
     def _spread(self, codes: torch.Tensor) -> torch.Tensor:
@@ -167,15 +201,14 @@ class FedGMM(ClassifierBaseline):
     def uploads(self, deltas: np.ndarray, weights: np.ndarray, clients: list[ClientData],
                 states: list[dict[str, np.ndarray]], trained: torch.Tensor, metrics: list[dict[str, np.ndarray]],
                 params: Params, batch: Batch, resp: torch.Tensor) -> list[ClientUpload]:
-        # The Gaussians' closed-form M-step: the client's r-weighted code moments, sent as deltas
-        # so that the server's mass-weighted mean of them is the pooled estimate.
+        # The Gaussians' sufficient statistics under the model the round started from, exact.
         with torch.no_grad():
             codes = self.codes(params, batch.x).double()  # [G, N, Z]
             r = (resp * batch.mask.unsqueeze(2)).double()  # [G, N, K]
-            mass = r.sum(1).clamp_min(1e-12).unsqueeze(2)
-            mean = torch.einsum("gnk,gnz->gkz", r, codes) / mass
-            moment = torch.einsum("gnk,gnz->gkz", r, codes.pow(2)) / mass
-        k, c, z = self.models, self.classifier_size, self.code
-        deltas[:, :k, c:c + z] = (mean - params["gmm_mean"].double()).cpu().numpy()
-        deltas[:, :k, c + z:c + 2 * z] = (moment - params["gmm_moment"].double()).cpu().numpy()
-        return super().uploads(deltas, weights, clients, states, trained, metrics, params, batch, resp)
+            statistics = torch.cat([r.sum(1), torch.einsum("gnk,gnz->gkz", r, codes).flatten(1),
+                                    torch.einsum("gnk,gnz->gkz", r, codes.pow(2)).flatten(1)], dim=1).cpu().numpy()
+        uploads = super().uploads(deltas, weights, clients, states, trained, metrics, params, batch, resp)
+        for upload, row in zip(uploads, statistics):
+            if upload.sends:
+                upload.statistics = row
+        return uploads
