@@ -9,6 +9,7 @@ Exit codes: 0 success; 2 bad input (one line on stderr, nothing written or overw
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -156,5 +157,8 @@ def _abort_or_exit(code: int) -> None:
     if _world_size() > 1:
         from mpi4py import MPI
 
+        # The launcher forwards a rank's stderr through a pipe; aborting at once can kill the
+        # forwarder before the traceback above reaches the user (seen about 1 time in 3 here).
+        time.sleep(0.5)
         MPI.COMM_WORLD.Abort(code)
     sys.exit(code)
