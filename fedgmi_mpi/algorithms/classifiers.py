@@ -138,8 +138,10 @@ class ClassifierBaseline(GroupAlgorithmBase):
 
     def configure(self, state: ServerState) -> Broadcast | None:
         phase = self.plan.next_phase(state.train_round, state.last_eval_train_round)
-        if phase != "train":
-            return phase and self.plan.evaluation(state.round, state.params)
+        if phase is None:
+            return None
+        if phase == "evaluate":
+            return self.plan.evaluation(state.round, state.params)
         return Broadcast("train", state.round, pack([]), model=state.params, cohort=self.plan.cohort(state.train_round))
 
     def upload_layout(self, broadcast: Broadcast) -> UploadLayout:

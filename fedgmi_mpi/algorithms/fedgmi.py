@@ -134,8 +134,10 @@ class FedGMI(GroupAlgorithmBase):
             centroids = state.codebook.centroids if state.topic_iteration == 0 else np.zeros((0, 0))
             return Broadcast("topics", state.round, pack([centroids, state.topics]), cohort=self.plan.seen)
         phase = self.plan.next_phase(state.train_round, state.last_eval_train_round)
-        if phase != "train":
-            return phase and self.plan.evaluation(state.round, state.params)
+        if phase is None:
+            return None
+        if phase == "evaluate":
+            return self.plan.evaluation(state.round, state.params)
         warmup = state.train_round < self.warmup_rounds
         control = np.array([float(warmup), float(state.best_restart)])
         # A client computes its initial responsibilities in its first warm-up round, which with

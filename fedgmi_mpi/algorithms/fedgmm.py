@@ -118,6 +118,8 @@ class FedGMM(ClassifierBaseline):
         return super().aggregate(state, broadcast, summed)
 
     def unflatten(self, matrix: torch.Tensor) -> Params:
+        """The classifiers and the autoencoder from the rows, the Gaussians from this round's
+        broadcast (``group_update`` reads them first)."""
         k, c = self.models, self.classifier_size
         params = self.layout.unflatten(matrix[:, :k, :c])
         mean, moment = self.gaussians

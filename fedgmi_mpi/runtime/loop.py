@@ -5,7 +5,8 @@ downlink channel turns it into bytes; the transport carries them to every rank, 
 (the server too) decodes them into the same broadcast and the same replica of the clients'
 model. The cohort is split over the worker ranks by workload, afresh every round, so no rank
 idles while another trains most of it; every rank holds every client's data and the runtime's
-table of every client's small state, so any rank can run any client. A rank runs its share in
+table of every client's small state, so any rank can run any client (except a client with state
+that stays on its home rank: an error-feedback residual, or an algorithm's private state). A rank runs its share in
 groups (one batched computation each when the algorithm can), passes each upload through the
 uplink channel (serialised, capped, decoded as the server would), and adds ``weights * delta``,
 ``weights`` and the exact statistics into one int64 fixed-point buffer; one reduce brings the sum
