@@ -60,6 +60,7 @@ class ServerState:
 
 class ClassifierBaseline(GroupAlgorithmBase):
     name = "classifier"
+    model_kind = "classifiers"  # rows: M classifiers (enc1, enc2, cls)
     reads_truth = False
     # A model's loss is its responsibility-weighted mean over the batch (each model takes steps of
     # the same size whatever its mass); False: the weighted sum over the batch size (FedEM's).

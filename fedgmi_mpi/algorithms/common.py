@@ -60,6 +60,20 @@ class GroupAlgorithmBase:
         self.plan = RoundPlan(self.cfg, scenario, self.seed)
         self.max_train = max(c.num_train for c in scenario.clients)
         self.max_test = max(len(c.x_test) for c in scenario.clients)
+        self.input_dim = scenario.input_dim
+        self.num_classes = scenario.num_classes
+
+    model_kind = "stacked_networks"
+
+    def model_description(self) -> dict:
+        """What the log stores beside the model's parameters so a reader can rebuild it without
+        this code's objects: the kind of model, the data's shape, each row's named tensors."""
+        layout = self.layout
+        return {"kind": self.model_kind, "algorithm": self.name, "input_dim": self.input_dim,
+                "num_classes": self.num_classes, "num_components": self.num_components,
+                "hidden": self.config.model.hidden, "latent": self.config.model.latent,
+                "layers": [list(layer) for layer in layout.layers],
+                "tensors": [{"name": name, "shape": list(shape)} for name, shape in zip(layout.names, layout.shapes)]}
 
     def client_update(self, broadcast, client: ClientData, state: dict[str, np.ndarray]):
         return self.group_update(broadcast, [client], [state])[0]

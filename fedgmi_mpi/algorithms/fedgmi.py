@@ -54,10 +54,11 @@ class ServerState:
 
 class FedGMI(GroupAlgorithmBase):
     name = "fedgmi"
+    # K VAEs with classifier heads (models/vae.py), Bernoulli pixels: ``fedgmi infer`` rebuilds it
+    model_kind = "vae_mixture"
 
     def __init__(self, config: Config, scenario: Scenario, device: torch.device | str = "cpu"):
         super().__init__(config, scenario, device)
-        self.input_dim = scenario.input_dim
         self.shape = VAEShape(scenario.num_components, scenario.input_dim, scenario.num_classes,
                               config.model.hidden, config.model.latent)
         self.layout = ParamLayout(self.shape)
@@ -76,6 +77,11 @@ class FedGMI(GroupAlgorithmBase):
             "log_likelihood": (k,),  # mean over the client's training samples, per component
             "accuracy": (),  # personalised test accuracy
             "confusion": (k, k),  # [true, learned] hard assignments (evaluation only; zeros without truth)
+            # held out: on the client's test samples, each component's log p_k(x) averaged with the
+            # weights r_ik it claims (sum_i r_ik beside it, to pool over clients), and the mixture's
+            "heldout_log_likelihood": (k,),
+            "heldout_mass": (k,),
+            "heldout_mixture_log_likelihood": (),
         }
         return {"codebook": {}, "topics": {}, "train": dict(per_round),
                 "evaluate": dict(per_round, mixture_log_likelihood=())}
@@ -268,7 +274,14 @@ class FedGMI(GroupAlgorithmBase):
                  generators: list[torch.Generator]) -> list[dict[str, np.ndarray]]:
         noise = self._noise(generators, test_samples, batch.test_counts.tolist(), self.max_test)
         test_log_px, test_logits = vae.iw_log_likelihood(params, batch.x_test, noise)
-        predicted = em.predict_proba(test_log_px.transpose(1, 2), test_logits, proportions).argmax(2)
+        test_ll = test_log_px.transpose(1, 2)  # [G, Ntest, K]
+        predicted = em.predict_proba(test_ll, test_logits, proportions).argmax(2)
+        test_resp = em.responsibilities(test_ll, proportions) * batch.test_mask.unsqueeze(2)
+        heldout_mass = test_resp.sum(1)
+        heldout_ll = ((test_resp * test_ll).sum(1) / heldout_mass.clamp_min(1e-30)).double().cpu().numpy()
+        heldout_mixture = em.masked_mean(em.mixture_log_likelihood(test_ll, proportions).unsqueeze(2),
+                                         batch.test_mask)[:, 0].double().cpu().numpy()
+        heldout_mass = heldout_mass.double().cpu().numpy()
         correct = ((predicted == batch.y_test) & batch.test_mask).sum(1).double() / batch.test_counts.double()
         mean_ll = em.masked_mean(log_likelihood, batch.mask).double().cpu().numpy()
         assigned = resp.argmax(2).cpu().numpy()
@@ -281,7 +294,9 @@ class FedGMI(GroupAlgorithmBase):
             if client.true_components_train is not None:  # evaluation only: never feeds back into training
                 np.add.at(confusion, (client.true_components_train, assigned[g, : client.num_train]), 1.0)
             out.append({"proportions": proportions_np[g], "log_likelihood": mean_ll[g],
-                        "accuracy": np.array(correct[g]), "confusion": confusion})
+                        "accuracy": np.array(correct[g]), "confusion": confusion,
+                        "heldout_log_likelihood": heldout_ll[g], "heldout_mass": heldout_mass[g],
+                        "heldout_mixture_log_likelihood": np.array(heldout_mixture[g])})
         return out
 
     def _training_responsibilities(self, clients: list[ClientData], states: list[dict[str, np.ndarray]], batch: Batch,

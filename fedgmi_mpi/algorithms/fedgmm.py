@@ -52,6 +52,8 @@ class GMMServerState(ServerState):
 
 class FedGMM(ClassifierBaseline):
     name = "fedgmm"
+    # rows 0..K-1: classifiers; row K: the autoencoder; the Gaussians travel in the control payload
+    model_kind = "fedgmm"
 
     def __init__(self, config: Config, scenario: Scenario, device: torch.device | str = "cpu"):
         super().__init__(config, scenario, device)
@@ -63,6 +65,12 @@ class FedGMM(ClassifierBaseline):
         # set per round from the broadcast: the spread flag and the Gaussians [K, Z]
         self.spreading = False
         self.gaussians: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def model_description(self) -> dict:
+        description = super().model_description()
+        description["autoencoder_layers"] = [list(layer) for layer in self.autoencoder.layers]
+        description["control"] = "[spreading flag, Gaussian means K x latent, second moments K x latent] (base.pack)"
+        return description
 
     def _control(self, spreading: bool, mean: np.ndarray, moment: np.ndarray) -> np.ndarray:
         return pack([np.array([float(spreading)]), mean, moment])

@@ -32,3 +32,28 @@ def assignment_accuracy(pooled_confusion: np.ndarray, perm: np.ndarray) -> float
 def proportion_mae(estimated: np.ndarray, actual: np.ndarray, perm: np.ndarray) -> float:
     """Mean absolute error over clients and components after matching: estimated[:, perm[t]] vs actual[:, t]."""
     return float(np.abs(estimated[:, perm] - actual).mean())
+
+
+def proportion_errors(estimated: np.ndarray, reference: np.ndarray, perm: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE and the largest absolute error over clients and components, after matching."""
+    if estimated.size == 0:
+        return {"mae": float("nan"), "rmse": float("nan"), "max_error": float("nan")}
+    error = estimated[:, perm] - reference
+    return {"mae": float(np.abs(error).mean()), "rmse": float(np.sqrt((error**2).mean())),
+            "max_error": float(np.abs(error).max())}
+
+
+def adjusted_rand_index(contingency: np.ndarray) -> float:
+    """Hubert and Arabie's adjusted Rand index of two labelings from their contingency table
+    (here [true, learned] counts); 1 = the same partition, ~0 = chance. Label-free: no matching."""
+    def pairs(counts: np.ndarray) -> float:
+        return float((counts * (counts - 1) / 2).sum())
+
+    n = contingency.sum()
+    if n < 2:
+        return float("nan")
+    index = pairs(contingency)
+    rows, cols = pairs(contingency.sum(1)), pairs(contingency.sum(0))
+    expected = rows * cols / (n * (n - 1) / 2)
+    best = (rows + cols) / 2
+    return 1.0 if best == expected else float((index - expected) / (best - expected))

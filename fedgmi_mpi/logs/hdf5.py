@@ -12,6 +12,8 @@ Layout (see docs/hdf5-schema.md):
   /<phase>/summary/<m> [rows] scores against the truth (train and evaluate phases)
   /events              [n] text: collapse warnings and other notices
   /clients/{seen, num_train, num_test}, /truth/{true_proportions, component_counts}
+  /model/{parameters, control, control_length, round, train_round}   the global model of the
+                       latest evaluation round, overwritten in place; attrs: description (JSON)
 
 The file is written under SWMR to ``<out>.partial`` and flushed every round, so it can be read
 while the run goes on and stays valid if the run dies; on success it is fsynced and renamed to
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,31 @@ def _append(dataset: h5py.Dataset, row: Any) -> None:
     dataset[n] = row
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model the log keeps: its [rows, row_size] float32 parameters, the largest control
+    payload beside them, and a JSON-able description to rebuild it (algorithm.model_description)."""
+
+    rows: int
+    row_size: int
+    control_size: int
+    description: dict
+
+
+def _create_model_group(file: h5py.File, spec: ModelSpec) -> None:
+    group = file.create_group("model")
+    group.attrs["description"] = json.dumps(spec.description, sort_keys=True)
+    group.attrs["note"] = ("the global model of the latest evaluation round (the one its clients evaluated), "
+                           "overwritten in place; round -1: none yet")
+    group.create_dataset("parameters", data=np.full((spec.rows, spec.row_size), np.nan, dtype=np.float32))
+    group["parameters"].attrs["legend"] = "float32 [rows, row_size]; row k = component (or model) k, tensors in the order of description.tensors"
+    group.create_dataset("control", data=np.zeros(max(spec.control_size, 1), dtype=np.float32))
+    group.create_dataset("control_length", data=np.zeros(1, dtype=np.int64))
+    group["control"].attrs["legend"] = "the round's control payload (first control_length values), e.g. FedGMM's Gaussians"
+    group.create_dataset("round", data=np.full(1, -1, dtype=np.int64))
+    group.create_dataset("train_round", data=np.full(1, -1, dtype=np.int64))
+
+
 class RunLog:
     def __init__(self, out: Path, file: h5py.File, phases: list[str]):
         self.out = out
@@ -96,6 +124,7 @@ class RunLog:
         client_specs: dict[str, dict[str, tuple[int, ...]]],
         server_specs: dict[str, dict[str, tuple[int, ...]]],
         summary_specs: dict[str, dict[str, tuple[int, ...]]],
+        model: ModelSpec | None = None,
     ) -> "RunLog":
         out = Path(out)
         check_output(out, overwrite)
@@ -153,6 +182,8 @@ class RunLog:
             for name, shape in summary_specs.get(phase, {}).items():
                 _growable(summary, name, shape, np.float64)
         _growable(file, "events", (), h5py.string_dtype())
+        if model is not None:
+            _create_model_group(file, model)
         file.swmr_mode = True  # from here on: append and flush only; readers may attach
         file.flush()
         return cls(out, file, phases)
@@ -199,6 +230,20 @@ class RunLog:
             for name in group["summary"]:
                 _append(group["summary"][name], summary[name])
         f.flush()
+
+    def save_model(self, round_index: int, train_round: int, parameters: np.ndarray, control: np.ndarray) -> None:
+        """Overwrite the stored model in place (SWMR allows writes to existing datasets, not new
+        ones): a reader sees the previous model or this one, its round beside it."""
+        group = self.file["model"]
+        group["round"][0] = -1  # while the parameters change, no round vouches for them
+        group["parameters"][...] = parameters
+        group["control"][...] = 0.0
+        group["control"][: len(control)] = control
+        group["control_length"][0] = len(control)
+        group["train_round"][0] = train_round
+        self.file.flush()
+        group["round"][0] = round_index
+        self.file.flush()
 
     def event(self, text: str) -> None:
         _append(self.file["events"], text)

@@ -50,6 +50,11 @@ class Observer:
         if phase == "train":
             self.train_bytes_down += float(np.nansum(record.bytes_down))
             self.train_bytes_up += float(np.nansum(record.bytes_up))
+        model = record.broadcast.model
+        if phase == "evaluate" and model is not None and "model" in self.log.file:
+            payload = record.broadcast.payload
+            control = payload if len(payload) <= len(self.log.file["model/control"]) else payload[:0]
+            self.log.save_model(record.broadcast.round, self.train_rounds, model, control)
         for event in record.aggregated.events:
             self.log.event(event)
             self._line(f"warning: {event}")

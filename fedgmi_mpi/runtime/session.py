@@ -18,7 +18,7 @@ from ..algorithms import build as build_algorithm
 from ..analysis.summary import SUMMARY_FIELDS
 from ..config import Config
 from ..errors import UserError
-from ..logs.hdf5 import RunLog
+from ..logs.hdf5 import ModelSpec, RunLog
 from ..provenance import git_commit, mpi_library, versions
 from . import loop
 from .device import choose_device, group_size
@@ -44,13 +44,16 @@ def _create_log(config: Config, scenario, algorithm, channels, out: Path, overwr
         **channels.attributes,
     }
     client_specs = algorithm.metric_specs()
+    layout = algorithm.model_layout()
+    describe = getattr(algorithm, "model_description", None)
+    model = None if describe is None else ModelSpec(layout.rows, layout.row_size, layout.control_bytes // 4 + 1, describe())
     return RunLog.create(
         out, overwrite, attrs,
         seen=np.array([c.seen for c in scenario.clients]),
         num_train=np.array([c.num_train for c in scenario.clients]),
         num_test=np.array([len(c.x_test) for c in scenario.clients]),
         truth=truth, client_specs=client_specs, server_specs=algorithm.server_metric_specs(),
-        summary_specs=_summary_specs(client_specs, scenario.num_components),
+        summary_specs=_summary_specs(client_specs, scenario.num_components), model=model,
     )
 
 

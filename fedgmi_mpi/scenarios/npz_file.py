@@ -32,7 +32,10 @@ def _array(data, name: str, path: str, required: bool = True) -> np.ndarray | No
         raise UserError(f"{path}: array {name!r} cannot be read without pickle ({exc})") from None
 
 
-def load(path: str, seed: int, num_components: int, unseen_clients: int, test_fraction: float = 0.2) -> Scenario:
+def read_arrays(path: str, required: tuple[str, ...] = ("x", "y", "client"),
+                num_components: int | None = None) -> dict[str, np.ndarray]:
+    """The file's arrays of the format above, checked (shapes, integer ids, x in [0, 1]); an
+    optional array that is absent is missing from the result. Bad files raise UserError."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"data file not found: {path}")
@@ -40,29 +43,37 @@ def load(path: str, seed: int, num_components: int, unseen_clients: int, test_fr
         data = np.load(file, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise UserError(f"{path} is not a readable .npz file: {exc}") from None
+    names = ("x", "y", "client", "test", "component", "proportions")
     with data:
-        x = _array(data, "x", path)
-        y = _array(data, "y", path)
-        client = _array(data, "client", path)
-        test = _array(data, "test", path, required=False)
-        component = _array(data, "component", path, required=False)
-        proportions = _array(data, "proportions", path, required=False)
+        arrays = {name: _array(data, name, path, required=name in required) for name in names}
+    arrays = {name: value for name, value in arrays.items() if value is not None}
+    x = arrays["x"]
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise UserError(f"{path}: x must be a 2-D numeric array [samples, features], got shape {x.shape}")
     n = len(x)
-    for name, arr in (("y", y), ("client", client), ("test", test), ("component", component)):
-        if arr is not None and arr.shape != (n,):
-            raise UserError(f"{path}: {name} must have shape ({n},), got {arr.shape}")
-    for name, arr in (("y", y), ("client", client), ("component", component)):
+    for name in ("y", "client", "test", "component"):
+        if name in arrays and arrays[name].shape != (n,):
+            raise UserError(f"{path}: {name} must have shape ({n},), got {arrays[name].shape}")
+    for name in ("y", "client", "component"):
+        arr = arrays.get(name)
         if arr is not None and (not np.issubdtype(arr.dtype, np.integer) or (n and arr.min() < 0)):
             raise UserError(f"{path}: {name} must hold non-negative integers")
     if not np.all(np.isfinite(x)) or (n and (x.min() < 0 or x.max() > 1)):
         raise UserError(f"{path}: x must be finite and scaled to [0, 1] (got range {x.min():g}..{x.max():g})")
-    if component is not None and n and component.max() >= num_components:
-        raise UserError(f"{path}: component ids reach {component.max()} but scenario.num_components={num_components}")
-    num_clients = int(client.max()) + 1 if n else 0
-    if num_clients < 1:
+    if not n:
         raise UserError(f"{path}: no samples")
+    component = arrays.get("component")
+    if component is not None and num_components is not None and component.max() >= num_components:
+        raise UserError(f"{path}: component ids reach {component.max()} but scenario.num_components={num_components}")
+    return arrays
+
+
+def load(path: str, seed: int, num_components: int, unseen_clients: int, test_fraction: float = 0.2) -> Scenario:
+    arrays = read_arrays(path, num_components=num_components)
+    x, y, client = arrays["x"], arrays["y"], arrays["client"]
+    test, component, proportions = arrays.get("test"), arrays.get("component"), arrays.get("proportions")
+    file = Path(path)
+    num_clients = int(client.max()) + 1
     if unseen_clients >= num_clients:
         raise UserError(f"scenario.unseen_clients={unseen_clients} leaves no client to train ({num_clients} in {path})")
     if proportions is not None and proportions.shape != (num_clients, num_components):

@@ -1,0 +1,102 @@
+"""The global model a log keeps in ``/model`` (plain datasets and a JSON description; no pickle),
+rebuilt for inference and for drawing samples, on CPU and without MPI."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..models import vae
+from .load import open_log, resolve
+
+
+@dataclass
+class SavedModel:
+    path: Path
+    description: dict[str, Any]
+    parameters: np.ndarray  # float32 [rows, row_size]
+    control: np.ndarray  # float32: the evaluation round's control payload
+    round: int  # communication round of the evaluation that used it
+    train_round: int
+    config: dict[str, Any]
+    seed: int
+    max_train: int  # the run's canonical padded sample counts (the largest client's)
+    max_test: int
+    matching: np.ndarray | None  # the run's final matching: learned component matched to true component t
+
+    @property
+    def kind(self) -> str:
+        return str(self.description.get("kind", "?"))
+
+    @property
+    def num_components(self) -> int:
+        return int(self.description["num_components"])
+
+    def vae(self, device: torch.device | str = "cpu") -> tuple[vae.Params, vae.VAEShape]:
+        """The K VAEs as parameters [1, K, ...] (a group of one), checked against this code's layout."""
+        if self.kind != "vae_mixture":
+            raise UserError(f"{self.path}: the saved model is a {self.kind!r} model (algorithm "
+                            f"{self.description.get('algorithm')}); inference needs FedGMI's mixture of VAEs "
+                            "(algorithm fedgmi or oracle)")
+        d = self.description
+        shape = vae.VAEShape(int(d["num_components"]), int(d["input_dim"]), int(d["num_classes"]),
+                             int(d["hidden"]), int(d["latent"]))
+        layout = vae.ParamLayout(shape)
+        stored = [(t["name"], tuple(t["shape"])) for t in d["tensors"]]
+        if stored != list(zip(layout.names, layout.shapes)) or self.parameters.shape != (shape.num_components,
+                                                                                          layout.per_component):
+            raise UserError(f"{self.path}: the saved model's layout does not match this version's VAE "
+                            f"(stored {len(stored)} tensors, parameters {self.parameters.shape})")
+        matrix = torch.as_tensor(self.parameters, device=device).unsqueeze(0)
+        return layout.unflatten(matrix), shape
+
+    @torch.no_grad()
+    def sample_images(self, per_component: int, seed: int = 0) -> np.ndarray:
+        """[K, n, D] pixel means sigmoid(decoder(z)), z ~ N(0, I): what each inherent distribution
+        looks like to its VAE."""
+        params, shape = self.vae()
+        generator = torch.Generator().manual_seed(seed)
+        z = torch.randn(1, 1, shape.num_components, per_component, shape.latent, generator=generator)
+        return torch.sigmoid(vae.decode(params, z))[0, 0].numpy()
+
+
+def read_model(path: str | Path) -> SavedModel:
+    """The model stored in a log; a log without one (older schema, or no evaluation round yet)
+    raises UserError."""
+    resolved = resolve(path)
+    with open_log(resolved) as file:
+        if "model" not in file:
+            raise UserError(f"{resolved} holds no saved model (written before fedgmi saved models in the log, "
+                            "or not a fedgmi log)")
+        group = file["model"]
+        for name in ("round", "parameters", "control", "control_length", "train_round"):
+            if file.swmr_mode:
+                group[name].refresh()
+        round_index = int(group["round"][0])
+        if round_index < 0:
+            raise UserError(f"{resolved} holds no model yet: no evaluation round has run")
+        parameters = group["parameters"][()]
+        length = int(group["control_length"][0])
+        control = group["control"][:length]
+        train_round = int(group["train_round"][0])
+        description = json.loads(group.attrs["description"])
+        config = json.loads(file.attrs.get("config", "{}"))
+        seed = int(file.attrs.get("seed", 0))
+        max_train = int(file["clients/num_train"][()].max())
+        max_test = int(file["clients/num_test"][()].max())
+        matching = None
+        if "evaluate/summary/permutation" in file:
+            rows = file["evaluate/summary/permutation"]
+            if file.swmr_mode:
+                rows.refresh()
+            if len(rows) and rows[-1].min() >= 0:
+                matching = rows[-1].astype(np.int64)
+    if not np.all(np.isfinite(parameters)):
+        raise UserError(f"{resolved}: the saved model has non-finite parameters")
+    return SavedModel(resolved, description, parameters, control, round_index, train_round, config, seed, max_train, max_test,
+                      matching)
