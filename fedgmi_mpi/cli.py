@@ -1,4 +1,5 @@
-"""Command line: ``fedgmi run``, ``fedgmi info``, ``fedgmi export-scenario``.
+"""Command line: ``fedgmi run``, ``info``, ``compare``, ``export-scenario``, and the post-analysis
+``analyze``, ``report``, ``infer`` and ``watch`` (these read logs on CPU, without MPI).
 
 Launch across ranks with ``mpiexec -n N python -m mpi4py -m fedgmi_mpi run ...``. With one rank
 (plain ``fedgmi run``) the serial runtime runs everything in-process.
@@ -14,6 +15,7 @@ import traceback
 from pathlib import Path
 
 import click
+import numpy as np
 
 from . import __version__
 from .errors import UserError
@@ -88,24 +90,113 @@ def compare(config_file: str | None, overrides: tuple[str, ...], algorithms: str
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .npz file to write.")
 def export_scenario(config_file: str | None, overrides: tuple[str, ...], out: str) -> None:
     """Write the configured scenario as a user-data .npz (an example of the file format)."""
-    import os
-
     from . import config as config_mod
     from . import scenarios
+    from .atomic import check_new_file, write_atomically
     from .scenarios import npz_file
 
     config = config_mod.load(config_file, overrides)
-    target = Path(out)
-    if target.suffix != ".npz":
-        raise UserError(f"--out must end in .npz, got {out}")
-    if target.exists():
-        raise UserError(f"{target} exists; choose another --out")
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp.npz")
-    npz_file.save(scenarios.build(config), temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, target)
+    target = check_new_file(Path(out), (".npz",))
+    write_atomically(target, lambda temporary: npz_file.save(scenarios.build(config), temporary))
     click.echo(f"wrote {target}")
+
+
+@cli.command()
+@click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable: one object per log, plus the comparison.")
+@click.option("--csv", "as_csv", is_flag=True, help="One CSV row per log.")
+def analyze(logs: tuple[str, ...], as_json: bool, as_csv: bool) -> None:
+    """Summarise run logs (finished, or .partial); several logs give one comparison table."""
+    from .analysis import tables
+    from .analysis.load import load
+
+    if as_json and as_csv:
+        raise UserError("choose one of --json and --csv")
+    heads = [tables.headline(load(path)) for path in logs]
+    if as_json:
+        click.echo(tables.to_json(heads))
+    elif as_csv:
+        click.echo(tables.to_csv(heads), nl=False)
+    else:
+        click.echo("\n\n".join(tables.format_text(h) for h in heads))
+        if len(heads) > 1:
+            click.echo("\ncomparison (mean ± sd over the logs of each algorithm and budget):")
+            click.echo(tables.format_comparison(tables.comparison(heads)))
+
+
+@cli.command()
+@click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
+def report(logs: tuple[str, ...], out: str) -> None:
+    """One self-contained HTML report (plots embedded) of one or several logs."""
+    from .analysis.report import write_report
+
+    click.echo(f"wrote {write_report(list(logs), Path(out))}")
+
+
+@cli.command()
+@click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False), help="A run log with a saved model.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Clients' samples (.npz, docs/data.md).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the results: .npz or .json.")
+@click.option("--clients", default=None, help="Client ids in the file, e.g. 40-47 (default: all).")
+@click.option("--level", default=0.9, show_default=True, type=click.FloatRange(0.01, 0.999),
+              help="Probability of each credible interval.")
+@click.option("--prior", default=0.5, show_default=True, type=click.FloatRange(min=1e-3),
+              help="Dirichlet prior on the proportions (0.5: Jeffreys).")
+@click.option("--draws", default=2000, show_default=True, type=click.IntRange(100), help="Posterior draws (Gibbs).")
+@click.option("--seed", default=None, type=int, help="Noise seed (default: the run's, which reproduces its evaluation).")
+@click.option("--device", default="cpu", show_default=True, help="torch device.")
+def infer(log_path: str, data: str, out: str | None, clients: str | None, level: float, prior: float, draws: int,
+          seed: int | None, device: str) -> None:
+    """A new client's proportions from a log's saved model, by E-steps alone, with uncertainty."""
+    from .analysis import inference_output
+    from .analysis.infer import infer_clients, parse_clients, score
+    from .analysis.model import read_model
+    from .scenarios.npz_file import read_arrays
+
+    target = inference_output.check_target(out)
+    model = read_model(log_path)
+    arrays = read_arrays(data, required=("x",), num_components=model.num_components)
+    ids = parse_clients(clients, np.unique(arrays["client"]) if "client" in arrays else np.zeros(1, dtype=np.int64))
+    results = infer_clients(model, arrays, ids, level=level, prior=prior, draws=draws, seed=seed,
+                            device=_torch_device(device))
+    scores = score(results, model.matching)
+    click.echo(inference_output.format_table(model, results, scores, level))
+    if target is not None:
+        inference_output.write(target, model, results, scores, level, prior)
+        click.echo(f"wrote {target}")
+
+
+@cli.command()
+@click.argument("log", type=click.Path(dir_okay=False))
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0.05), help="Seconds between looks.")
+@click.option("--once", is_flag=True, help="Print where the run stands and return.")
+@click.option("--timeout", default=None, type=click.FloatRange(0), help="Stop watching after this many seconds.")
+def watch(log: str, interval: float, once: bool, timeout: float | None) -> None:
+    """Follow a running job's log (LOG.h5 or its .partial) until the run ends, then summarise it."""
+    from .analysis import tables
+    from .analysis import watch as watch_mod
+    from .analysis.load import load
+
+    if once:
+        click.echo(watch_mod.format_snapshot(watch_mod.snapshot(log)))
+        return
+    state = watch_mod.watch(log, interval, click.echo, timeout=timeout)
+    if state["complete"]:
+        click.echo("run complete:")
+        click.echo(tables.format_text(tables.headline(load(state["log"]))))
+
+
+def _torch_device(name: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device visible")
+    return str(device)
 
 
 def _world_size() -> int:

@@ -7,7 +7,7 @@ its proportions with the likelihoods fixed, from uniform. That gives the point e
 client's mixture log-likelihood mean_i log sum_k pi_k p_k(x_i).
 
 The uncertainty is the posterior over the proportions given the K likelihoods, under a
-Dirichlet(``prior``) prior (default 1: uniform over the simplex), sampled by Gibbs sampling
+Dirichlet(``prior``) prior (default 0.5, Jeffreys: the least informative; 1, uniform, pulls small proportions up), sampled by Gibbs sampling
 (z_i | pi ~ Categorical(r_i), pi | z ~ Dirichlet(prior + counts)). Why this and not a bootstrap:
 it is the model's own answer to "which proportions could have produced these samples", it
 accounts for samples whose component is ambiguous (a bootstrap of the point estimate does too,
@@ -100,7 +100,7 @@ def posterior(log_likelihood: np.ndarray, estimate: np.ndarray, prior: float, dr
 
 @torch.no_grad()
 def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.ndarray, level: float = 0.9,
-                  prior: float = 1.0, draws: int = 2000, burn_in: int = 200, importance_samples: int | None = None,
+                  prior: float = 0.5, draws: int = 2000, burn_in: int = 200, importance_samples: int | None = None,
                   seed: int | None = None, device: str = "cpu") -> list[ClientInference]:
     params, shape = model.vae(device)
     x_all = arrays["x"]
@@ -122,7 +122,7 @@ def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.
         mask = torch.ones(1, len(used), dtype=torch.bool, device=device)
         uniform = torch.full((1, k), 1.0 / k, device=device)
         estimate, resp = em.fit_proportions(log_likelihood, mask, uniform, EM_ITERATIONS)
-        mixture = float(em.mixture_log_likelihood(log_likelihood, estimate).double().mean())
+        mixture = float(em.masked_mean(em.mixture_log_likelihood(log_likelihood, estimate).unsqueeze(2), mask)[0, 0])
         accuracy = float("nan")
         if "y" in arrays:
             if scored is used:

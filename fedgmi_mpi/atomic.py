@@ -1,0 +1,39 @@
+"""Files written whole or not at all: a temporary file beside the target, fsynced, then renamed."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import UserError
+
+
+def check_new_file(target: Path, suffixes: tuple[str, ...] = ()) -> Path:
+    """Refuse (UserError) a target that exists, lies in a missing folder or has the wrong suffix:
+    nothing a user already has is ever replaced."""
+    if suffixes and target.suffix not in suffixes:
+        raise UserError(f"{target}: the file name must end in {' or '.join(suffixes)}")
+    if target.exists():
+        raise UserError(f"{target} exists; choose another name (nothing is overwritten)")
+    if not target.parent.is_dir():
+        raise UserError(f"output folder {target.parent} does not exist")
+    return target
+
+
+def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """``write(temporary)`` then fsync and rename onto ``target``; the temporary keeps the suffix
+    (numpy appends .npz to names without it)."""
+    temporary = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
+    try:
+        write(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return target
