@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
 from .load import Run, load  # noqa: E402
@@ -31,12 +33,14 @@ from .model import SavedModel, read_model  # noqa: E402
 
 CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:1.5em auto;padding:0 1em;
 color:#222;line-height:1.4}h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;margin-top:2em}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}th,td{border:1px solid #ccc;padding:.25em .5em;
-text-align:left;vertical-align:top}th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0;max-width:100%}th,td{border:1px solid #ccc;
+padding:.25em .5em;text-align:left;vertical-align:top;overflow-wrap:anywhere}th{background:#f3f3f3}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.differs td{background:#fff6d5}figure{margin:1em 0}img{max-width:100%;height:auto}
 figcaption{color:#555;font-size:.9em}p.note{color:#8a5a00;font-style:italic}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em;white-space:pre-wrap}"""
 TAB10 = plt.get_cmap("tab10").colors
+NUMBER = re.compile(r"[-+]?\d+(\.\d*)?(e[-+]?\d+)?|–")  # right-aligned cells
 
 
 def _esc(value: Any) -> str:
@@ -75,15 +79,20 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
     """Cells are already escaped HTML."""
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join(f'<tr class="{(classes or [""] * len(rows))[i]}">' + "".join(
-        f'<td class="num">{c}</td>' if c[:1].isdigit() or c[:1] in ("-", "–") else f"<td>{c}</td>" for c in row) + "</tr>"
-        for i, row in enumerate(rows))
-    return f"<table><tr>{head}</tr>{body}</table>"
+    def cell(c: str) -> str:
+        return f'<td class="num">{c}</td>' if NUMBER.fullmatch(c) else f"<td>{c}</td>"
+    classes = classes or [""] * len(rows)
+    body = "".join(f'<tr class="{cls}">' + "".join(map(cell, row)) + "</tr>" for cls, row in zip(classes, rows))
+    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + f"</tr>{body}</table>"
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
     return frame[name] if name in frame else pd.Series(np.nan, index=frame.index, dtype=float)
+
+
+def _final(run: Run) -> pd.Series | None:
+    # Run.final() raises on a log with no scored row yet (its scores frame has no columns at all)
+    return None if run.scores.empty else run.final()
 
 
 def _headline(runs: list[Run]) -> str:
@@ -92,16 +101,16 @@ def _headline(runs: list[Run]) -> str:
               "MiB up", "MiB down"]
     rows = []
     for run in runs:
-        final = run.final()
-        get = (lambda key: final.get(key, np.nan)) if final is not None else (lambda key: np.nan)
-        train_rounds = int(final["train_round"]) if final is not None and pd.notna(final["train_round"]) else None
+        final = _final(run)
+        final = pd.Series(dtype=object) if final is None else final
+        train_rounds = int(final["train_round"]) if pd.notna(final.get("train_round")) else None
         rows.append([_esc(x) for x in (run.name, run.algorithm, run.budget, run.status, _fmt(train_rounds))] + [
-            _fmt(float(get(k))) for k in ("proportion_mae", "proportion_mae_unseen", "proportion_mae_dirichlet",
+            _fmt(float(final.get(k, np.nan))) for k in ("proportion_mae", "proportion_mae_unseen", "proportion_mae_dirichlet",
                                           "assignment_accuracy", "adjusted_rand_index", "accuracy", "accuracy_p10")] + [
             _fmt(float(_column(run.rounds, "wall_time").sum()), 1),
             _fmt(float(_column(run.rounds, "bytes_up").sum()) / 2**20, 1),
             _fmt(float(_column(run.rounds, "bytes_down").sum()) / 2**20, 1)])
-    notes = [_note(f"{run.name}: no scored round yet, so no scores.") for run in runs if run.final() is None]
+    notes = [_note(f"{run.name}: no scored round yet, so no scores.") for run in runs if _final(run) is None]
     return _table(header, rows) + "".join(notes) + "<p>Scores of the final evaluation (seen clients unless marked " \
         "unseen); – means not measured: no truth, no proportions (a single global model) or no round yet.</p>"
 
@@ -127,6 +136,7 @@ def _curves(runs: list[Run]) -> str:
             ax.text(.5, .5, "not measured\n(no truth or no proportions)", ha="center", va="center", transform=ax.transAxes,
                     color="grey")
         ax.set(title=label, xlabel="training round", ylabel=label.split(" vs ")[0])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=.3)
     handles = [Line2D([], [], color=TAB10[i % 10], lw=2, label=run.name) for i, run in enumerate(runs)]
     handles += [Line2D([], [], color="k", lw=1.2, label="train rounds"),
@@ -137,13 +147,12 @@ def _curves(runs: list[Run]) -> str:
                    "lines are the scores logged during training, circles the evaluation rounds (proportions from scratch).")
 
 
-def _has_proportions(run: Run) -> bool:
+def _no_proportions(run: Run) -> str | None:
+    """Why there are no estimated and true proportions to compare, or None when there are."""
     c = run.clients
-    return "estimated_c0" in c and "actual_c0" in c and c.estimated_c0.notna().any()
-
-
-def _no_proportions(run: Run) -> str:
-    if run.final() is None:
+    if "estimated_c0" in c and "actual_c0" in c and c.estimated_c0.notna().any():
+        return None
+    if _final(run) is None:
         return _note(f"{run.name}: no evaluation yet, so no proportions to show.")
     if not run.has_truth:
         return _note(f"{run.name}: the scenario holds no truth, so estimated proportions cannot be compared.")
@@ -151,11 +160,11 @@ def _no_proportions(run: Run) -> str:
 
 
 def _scatter(run: Run) -> str:
-    if not _has_proportions(run):
-        return _no_proportions(run)
+    if (missing := _no_proportions(run)) is not None:
+        return missing
     c, k = run.clients[run.clients.reported], run.num_components
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
-    for ax, reference, label in ((axes[0], "actual", "actual share of training samples"), (axes[1], "dirichlet", "Dirichlet draw")):
+    for ax, reference, label in zip(axes, ("actual", "dirichlet"), ("actual share of training samples", "Dirichlet draw")):
         if f"{reference}_c0" not in c:
             ax.text(.5, .5, "not logged", ha="center", transform=ax.transAxes)
             continue
@@ -178,8 +187,8 @@ def _scatter(run: Run) -> str:
 
 
 def _bars(run: Run) -> str:
-    if not _has_proportions(run):
-        return _no_proportions(run)
+    if (missing := _no_proportions(run)) is not None:
+        return missing
     c, k = run.clients, run.num_components
     fig, ax = plt.subplots(figsize=(max(8, .32 * len(c)), 4.2))
     x = np.arange(len(c)) * 3.0
@@ -189,7 +198,8 @@ def _bars(run: Run) -> str:
             values = np.nan_to_num(c[f"{prefix}_c{t}"].to_numpy(float))
             ax.bar(x + offset, values, width=.95, bottom=bottom, color=TAB10[t % 10], edgecolor="white", lw=.3, **style)
             bottom += values
-    ax.set_xticks(x + .5, [str(i) if s else f"{i}u" for i, s in zip(c.client, c.seen)], fontsize=7, rotation=90)
+    ax.set_xticks(x + .5, [str(i) if s else f"{i}u" for i, s in zip(c.client, c.seen)], fontsize=8,
+                  rotation=90 if len(c) > 30 else 0)
     ax.set(xlim=(-1, x[-1] + 2), ylim=(0, 1.02), xlabel="client (u = unseen in training)", ylabel="proportion",
            title="per-client proportions: estimated (solid, left) and actual (hatched, right)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=TAB10[t % 10], label=f"component {t}") for t in range(k)]
@@ -206,7 +216,7 @@ def _confusion(run: Run) -> str:
     counts = run.confusion[:, run.matching]  # column t: the learned component matched to true t
     k = len(counts)
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.3 * k + 2.5, 1.1 * k + 1.5))
+    fig, ax = plt.subplots(figsize=(k + 3, .85 * k + 1.5))
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for t in range(k):
         for j in range(k):
@@ -237,24 +247,29 @@ def _heldout(runs: list[Run]) -> str:
                 ax.plot(rows.train_round, _column(rows, f"heldout_log_likelihood_c{t}"), color=TAB10[t % 10],
                         label=f"{label} {t}" if phase == "train" else None, **style)
         ax.set(title=run.name, xlabel="training round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=.3)
         ax.legend(fontsize=8)
+    values = np.concatenate([run.scores.filter(like="heldout_log_likelihood_c").to_numpy(float).ravel() for run in keyed])
+    low, high = np.nanquantile(values, [.05, 1])  # the first rounds' plunge would flatten the differences that matter
+    axes[0, 0].set_ylim(low - .05 * (high - low + 1e-9), high + .05 * (high - low + 1e-9))
     for ax in axes[:, 0]:
         ax.set_ylabel("held-out log-likelihood / sample")
     for ax in list(axes.flat)[len(keyed):]:
         ax.axis("off")
     fig.tight_layout()
     return _figure(fig, "held-out log-likelihood per component", "Each component's log-likelihood of held-out samples, "
-                   "pooled over clients by the mass they give it (higher is better); lines: training, circles: evaluations.")
+                   "pooled over clients by the mass they give it (higher is better); lines: training, circles: evaluations; "
+                   "the lowest 5% of values (the first rounds) lie below the axis.")
 
 
 def _bytes(runs: list[Run]) -> str:
     if len({run.budget for run in runs}) < 2:
         return _note(f"All logs share one communication budget ({runs[0].budget}); nothing to trade off.")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, key, label in ((axes[0], "proportion_mae", "final proportion MAE (seen)"), (axes[1], "accuracy", "final accuracy (seen)")):
+    for ax, key, label in zip(axes, ("proportion_mae", "accuracy"), ("final proportion MAE (seen)", "final accuracy (seen)")):
         for i, run in enumerate(runs):
-            final = run.final()
+            final = _final(run)
             train = run.rounds[run.rounds.phase == "train"]
             x = float(_column(train, "bytes_up").sum()) / max(int(run.seen.sum()), 1)
             y = float(final.get(key, np.nan)) if final is not None else np.nan
@@ -262,6 +277,7 @@ def _bytes(runs: list[Run]) -> str:
                 ax.scatter(x, y, color=TAB10[i % 10], s=50)
                 ax.annotate(f"{run.budget} ({run.algorithm})", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
         ax.set(xscale="log", xlabel="training uplink bytes per seen client", ylabel=label, title=label + " against bytes")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels collide
         ax.grid(alpha=.3, which="both")
     fig.tight_layout()
     return _figure(fig, "bytes against error", "One point per log, labelled with its uplink/downlink budget: further left "
@@ -282,11 +298,9 @@ def _samples(run: Run, model: SavedModel | None) -> str:
     order = list(run.matching) if run.matching is not None else list(range(k))
     fig, axes = plt.subplots(k, n, figsize=(n * .9, k * .95), squeeze=False)
     for t, learned in enumerate(order):
-        for j in range(n):
-            ax = axes[t, j]
+        for j, ax in enumerate(axes[t]):
             ax.imshow(images[learned, j].reshape(side, side), cmap="gray_r", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
         name = f"true {t}\n(learned {learned})" if run.matching is not None else f"learned {learned}"
         axes[t, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle(f"12 samples per component (pixel means of the decoder, z ~ N(0, I)), {run.name}", fontsize=10)
@@ -314,11 +328,13 @@ def _compare(title: str, runs: list[Run], items: list[dict[str, Any]]) -> str:
 
 
 def _pretty(value: Any) -> str:
-    if isinstance(value, str) and value[:1] in "{[":
+    if isinstance(value, str) and value[:1] == "{":  # a JSON attribute (versions, summary): one line a key
         try:
-            return f"<pre>{_esc(json.dumps(json.loads(value), indent=1, sort_keys=True))}</pre>"
+            items = json.loads(value).items()
         except ValueError:
-            pass
+            return _esc(value)
+        return "<pre>" + _esc("\n".join(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {json.dumps(v)}"
+                                         for k, v in sorted(items))) + "</pre>"
     return _esc(value)
 
 
@@ -333,7 +349,7 @@ def render(runs: list[Run], models: list[SavedModel | None]) -> str:
         raise UserError("a report needs at least one log")
     first, model = runs[0], (models[0] if models else None)
     sections = [
-        ("Final scores", _headline(runs)),
+        ("Final scores", _safe(_headline, runs)),
         ("Scores over training rounds", _safe(_curves, runs)),
         (f"Estimated against true proportions: {first.name}", _safe(_scatter, first)),
         (f"Per-client proportions: {first.name}", _safe(_bars, first)),
@@ -368,6 +384,9 @@ def write_report(paths: list[str | Path], out: Path) -> Path:
     text = render([load(path) for path in paths], [_model(path) for path in paths])
     fd, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the report from the group
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()

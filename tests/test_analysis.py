@@ -1,0 +1,217 @@
+"""Post-analysis: the saved model, ``analysis.load``, ``fedgmi analyze``, ``infer`` and ``watch``."""
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import MPI_TIMEOUT, REPO, mpiexec, run_cli, small_args
+from fedgmi_mpi.analysis.infer import posterior
+from fedgmi_mpi.analysis.load import load
+from fedgmi_mpi.analysis.metrics import adjusted_rand_index, proportion_errors
+
+
+def _one_line_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    """A tiny FedGMI run, a FedAvg run and the scenario as a user-data file (serial runtime)."""
+    folder = tmp_path_factory.mktemp("analysis")
+    out = {"folder": folder, "fedgmi": folder / "fedgmi.h5", "fedavg": folder / "fedavg.h5", "data": folder / "data.npz"}
+    for name in ("fedgmi", "fedavg"):
+        done = run_cli(["run", "--quiet", "--out", str(out[name]), *small_args(f"algorithm.name={name}")])
+        assert done.returncode == 0, done.stderr
+    done = run_cli(["export-scenario", *small_args(), "--out", str(out["data"])])
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_the_log_keeps_the_model_of_the_last_evaluation(logs):
+    with h5py.File(logs["fedgmi"]) as f:
+        model = f["model"]
+        description = json.loads(model.attrs["description"])
+        assert description["kind"] == "vae_mixture" and description["num_components"] == 4
+        assert int(model["round"][0]) == int(f["evaluate/round"][-1])
+        assert int(model["train_round"][0]) == 4
+        assert np.isfinite(model["parameters"][()]).all()
+        assert model["parameters"].shape[0] == 4
+    with h5py.File(logs["fedavg"]) as f:
+        assert json.loads(f["model"].attrs["description"])["kind"] == "classifiers"
+
+
+def test_load_recomputes_the_runs_own_scores(logs):
+    run = load(logs["fedgmi"])
+    with h5py.File(logs["fedgmi"]) as f:
+        logged = {name: f[f"evaluate/summary/{name}"][-1] for name in f["evaluate/summary"]}
+    final = run.final()
+    for name in ("proportion_mae", "assignment_accuracy", "accuracy", "proportion_mae_unseen",
+                 "assignment_accuracy_unseen", "accuracy_unseen"):
+        assert final[name] == pytest.approx(logged[name], abs=1e-12), name
+    assert list(run.matching) == list(logged["permutation"].astype(int))
+    assert run.status == "complete" and run.algorithm == "fedgmi" and run.budget == "dense"
+    assert len(run.clients) == 10 and {"estimated_c0", "actual_c3", "dirichlet_c1"} <= set(run.clients.columns)
+    assert run.rounds.phase.iloc[-1] == "evaluate" and run.rounds.train_round.iloc[-1] == 4
+    assert len(run.components) == 4 and run.components.heldout_log_likelihood.notna().all()
+    assert run.confusion.sum() == run.arrays["clients/num_train"][run.seen].sum()
+    # each client's matched error is the frame's; their mean is the headline MAE of the seen clients
+    assert run.clients.proportion_mae[run.seen].mean() == pytest.approx(final["proportion_mae"], abs=1e-12)
+
+
+def test_load_reads_a_partial_log_and_baselines(logs, tmp_path):
+    partial = tmp_path / "copy.h5.partial"
+    shutil.copy(logs["fedgmi"], partial)
+    run = load(tmp_path / "copy.h5")  # the name the run would have: the .partial is found beside it
+    assert run.status == "incomplete" and run.path == partial
+    baseline = load(logs["fedavg"])
+    assert np.isnan(baseline.final()["proportion_mae"]) and baseline.final()["accuracy"] >= 0
+
+
+def test_adjusted_rand_index_against_sklearn():
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        true, learned = rng.integers(0, 4, 300), rng.integers(0, 3, 300)
+        learned[:150] = true[:150] % 3  # partly agreeing
+        table = np.zeros((4, 3))
+        np.add.at(table, (true, learned), 1)
+        assert adjusted_rand_index(table) == pytest.approx(adjusted_rand_score(true, learned), abs=1e-12)
+    assert adjusted_rand_index(np.diag([5.0, 7.0, 3.0])[:, [2, 0, 1]]) == pytest.approx(1.0)
+
+
+def test_proportion_errors_after_matching():
+    estimated = np.array([[0.1, 0.9], [0.6, 0.4]])
+    reference = np.array([[0.9, 0.1], [0.5, 0.5]])
+    errors = proportion_errors(estimated, reference, np.array([1, 0]))  # learned 1 is true 0
+    assert errors["mae"] == pytest.approx(0.05) and errors["max_error"] == pytest.approx(0.1)
+    assert errors["rmse"] == pytest.approx(np.sqrt(0.005))
+
+
+def test_analyze_text_json_csv_and_comparison(logs):
+    text = run_cli(["analyze", str(logs["fedgmi"])])
+    assert text.returncode == 0, text.stderr
+    for fragment in ("proportion MAE vs actual counts", "vs Dirichlet draw", "adjusted Rand index", "worst clients",
+                     "held-out log-likelihood per true component", "matching (Hungarian", "best round", "wall time"):
+        assert fragment in text.stdout, fragment
+    as_json = run_cli(["analyze", str(logs["fedgmi"]), str(logs["fedavg"]), "--json"])
+    document = json.loads(as_json.stdout)
+    assert [d["algorithm"] for d in document["logs"]] == ["fedgmi", "fedavg"]
+    assert document["logs"][1]["proportion_mae"] is None  # NaN becomes null: strict JSON
+    assert {row["algorithm"] for row in document["comparison"]} == {"fedgmi", "fedavg"}
+    head = document["logs"][0]
+    assert head["proportion_mae"] == pytest.approx(load(logs["fedgmi"]).final()["proportion_mae"])
+    as_csv = run_cli(["analyze", str(logs["fedgmi"]), str(logs["fedavg"]), "--csv"])
+    frame = pd.read_csv(__import__("io").StringIO(as_csv.stdout))
+    assert len(frame) == 2 and "adjusted_rand_index_unseen" in frame.columns
+    compared = run_cli(["analyze", str(logs["fedgmi"]), str(logs["fedgmi"]), str(logs["fedavg"])])
+    assert "| fedgmi | dense | 2 |" in compared.stdout and "| fedavg | dense | 1 |" in compared.stdout
+
+
+def test_analyze_bad_input_exits_2(logs, tmp_path):
+    _one_line_error(run_cli(["analyze", str(tmp_path / "missing.h5")]), "no log at")
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    _one_line_error(run_cli(["analyze", str(junk)]), "not a readable HDF5 log")
+    _one_line_error(run_cli(["analyze", str(logs["fedgmi"]), "--json", "--csv"]), "choose one")
+
+
+def test_infer_reproduces_the_runs_unseen_clients_bitwise(logs, tmp_path):
+    out = tmp_path / "unseen.npz"
+    done = run_cli(["infer", "--log", str(logs["fedgmi"]), "--data", str(logs["data"]), "--clients", "8-9",
+                    "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    assert "intervals of the proportions holding the Dirichlet draw" in done.stdout
+    with np.load(out, allow_pickle=False) as result, h5py.File(logs["fedgmi"]) as f:
+        assert list(result["client"]) == [8, 9]
+        # the run's own evaluation of the unseen clients, from the same model, noise and padding
+        np.testing.assert_array_equal(result["proportions"], f["evaluate/proportions"][-1][8:10])
+        np.testing.assert_array_equal(result["accuracy"], f["evaluate/accuracy"][-1][8:10])
+        np.testing.assert_allclose(result["mixture_log_likelihood"], f["evaluate/mixture_log_likelihood"][-1][8:10],
+                                   rtol=1e-6)
+        assert (result["lower"] <= result["posterior_mean"]).all() and (result["posterior_mean"] <= result["upper"]).all()
+        assert result["responsibilities"].shape == (len(result["sample_index"]), 4)
+        np.testing.assert_allclose(result["responsibilities"].sum(1), 1, atol=1e-5)
+    as_json = tmp_path / "unseen.json"
+    assert run_cli(["infer", "--log", str(logs["fedgmi"]), "--data", str(logs["data"]), "--clients", "9",
+                    "--out", str(as_json)]).returncode == 0
+    assert json.loads(as_json.read_text())["clients"][0]["client"] == 9
+
+
+def test_infer_bad_input_exits_2_and_writes_nothing(logs, tmp_path):
+    data, log = str(logs["data"]), str(logs["fedgmi"])
+    existing = tmp_path / "exists.npz"
+    existing.write_bytes(b"keep me")
+    _one_line_error(run_cli(["infer", "--log", log, "--data", data, "--out", str(existing)]), "exists")
+    assert existing.read_bytes() == b"keep me"
+    _one_line_error(run_cli(["infer", "--log", str(logs["fedavg"]), "--data", data]), "inference needs FedGMI")
+    _one_line_error(run_cli(["infer", "--log", log, "--data", str(tmp_path / "none.npz")]), "data file not found")
+    wide = tmp_path / "wide.npz"
+    np.savez(wide, x=np.full((5, 10), 0.5))
+    _one_line_error(run_cli(["infer", "--log", log, "--data", str(wide)]), "the model expects 64")
+    scaled = tmp_path / "scaled.npz"
+    np.savez(scaled, x=np.full((5, 64), 16.0))
+    _one_line_error(run_cli(["infer", "--log", log, "--data", str(scaled)]), "scaled to [0, 1]")
+    _one_line_error(run_cli(["infer", "--log", log, "--data", data, "--clients", "99"]), "no samples for client")
+    _one_line_error(run_cli(["infer", "--log", log, "--data", data, "--out", str(tmp_path / "r.txt")]), "must end in")
+    with h5py.File(logs["fedgmi"]) as source, h5py.File(tmp_path / "old.h5", "w") as old:
+        for name in ("rounds", "clients", "status"):
+            source.copy(name, old)
+    _one_line_error(run_cli(["infer", "--log", str(tmp_path / "old.h5"), "--data", data]), "holds no saved model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.npz", "old.h5", "scaled.npz", "wide.npz"]
+
+
+def test_posterior_intervals_cover_at_their_level():
+    """With samples whose components are all but certain, the posterior is Dirichlet(prior +
+    counts): its 80% intervals must hold the generating proportions about 80% of the time."""
+    rng = np.random.default_rng(1)
+    hits, total = 0, 0
+    for client in range(60):
+        truth = rng.dirichlet(np.full(3, 0.5))
+        z = rng.choice(3, size=80, p=truth)
+        log_likelihood = np.full((80, 3), -40.0)
+        log_likelihood[np.arange(80), z] = 0.0
+        estimate = np.bincount(z, minlength=3) / 80
+        draws, shares = posterior(log_likelihood, estimate, 0.5, 400, 50, np.random.default_rng(client))
+        np.testing.assert_allclose(shares, np.broadcast_to(estimate, shares.shape))  # assignments are certain
+        low, high = np.quantile(draws, [0.1, 0.9], axis=0)
+        hits += int(((low <= truth) & (truth <= high)).sum())
+        total += 3
+    assert 0.7 <= hits / total <= 0.9, hits / total
+
+
+def test_watch_follows_a_live_mpi_job(tmp_path):
+    log = tmp_path / "live.h5"
+    args = small_args("algorithm.rounds=60", "algorithm.eval_every=20")
+    job = subprocess.Popen([mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", "-m", "fedgmi_mpi", "run", "--quiet",
+                            "--out", str(log), *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        watched = subprocess.run([sys.executable, "-m", "fedgmi_mpi", "watch", str(log), "--interval", "0.1"],
+                                 capture_output=True, text=True, timeout=MPI_TIMEOUT, cwd=REPO)
+        job.wait(timeout=MPI_TIMEOUT)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0 and watched.returncode == 0, watched.stderr
+    progress = [line for line in watched.stdout.splitlines() if line.startswith("[")]
+    assert len(progress) >= 3, watched.stdout
+    done_counts = [int(line.split("] train ")[1].split("/")[0]) for line in progress]
+    assert done_counts == sorted(done_counts) and min(done_counts) < 60 and done_counts[-1] == 60, watched.stdout
+    assert "last evaluation" in watched.stdout and "run complete:" in watched.stdout
+    assert "proportion MAE vs actual counts" in watched.stdout
+
+
+def test_watch_once_and_a_missing_log(logs, tmp_path):
+    once = run_cli(["watch", str(logs["fedgmi"]), "--once"])
+    assert once.returncode == 0 and "train 4/4" in once.stdout
+    started = time.monotonic()
+    _one_line_error(run_cli(["watch", str(tmp_path / "never.h5"), "--once"]), "no log at")
+    assert time.monotonic() - started < 60
