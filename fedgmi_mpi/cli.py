@@ -108,7 +108,7 @@ def export_scenario(config_file: str | None, overrides: tuple[str, ...], out: st
 def analyze(logs: tuple[str, ...], as_json: bool, as_csv: bool) -> None:
     """Summarise run logs (finished, or .partial); several logs give one comparison table."""
     from .analysis import tables
-    from .analysis.load import load
+    from .analysis.reader import load
 
     if as_json and as_csv:
         raise UserError("choose one of --json and --csv")
@@ -176,7 +176,7 @@ def watch(log: str, interval: float, once: bool, timeout: float | None) -> None:
     """Follow a running job's log (LOG.h5 or its .partial) until the run ends, then summarise it."""
     from .analysis import tables
     from .analysis import watch as watch_mod
-    from .analysis.load import load
+    from .analysis.reader import load
 
     if once:
         click.echo(watch_mod.format_snapshot(watch_mod.snapshot(log)))

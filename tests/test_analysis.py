@@ -12,7 +12,7 @@ import pytest
 
 from conftest import MPI_TIMEOUT, REPO, mpiexec, run_cli, small_args
 from fedgmi_mpi.analysis.infer import posterior
-from fedgmi_mpi.analysis.load import load
+from fedgmi_mpi.analysis.reader import load
 from fedgmi_mpi.analysis.metrics import adjusted_rand_index, proportion_errors
 
 

@@ -13,7 +13,7 @@ import h5py
 import pytest
 from conftest import run_cli, small_args
 
-from fedgmi_mpi.analysis.load import load
+from fedgmi_mpi.analysis.reader import load
 from fedgmi_mpi.analysis.report import render, write_report
 from fedgmi_mpi.errors import UserError
 

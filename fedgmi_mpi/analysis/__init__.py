@@ -1,5 +1,5 @@
 """Reading and scoring runs. ``from fedgmi_mpi.analysis import load; run = load("run.h5")``
-gives a run's rounds, scores, clients and components as pandas DataFrames (see ``load.py``);
+gives a run's rounds, scores, clients and components as pandas DataFrames (see ``reader.py``);
 ``read_model`` the saved global model; ``infer_clients`` inference for new clients.
 
 The runtime imports only ``metrics`` and ``summary`` from here, so a run never imports pandas:
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_LAZY = {"load": "load", "Run": "load", "read_model": "model", "SavedModel": "model", "infer_clients": "infer",
+_LAZY = {"load": "reader", "Run": "reader", "read_model": "model", "SavedModel": "model", "infer_clients": "infer",
          "headline": "tables", "comparison": "tables", "write_report": "report", "snapshot": "watch"}
 
 

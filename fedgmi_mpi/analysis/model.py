@@ -12,7 +12,7 @@ import torch
 
 from ..errors import UserError
 from ..models import vae
-from .load import open_log, resolve
+from .reader import open_log, resolve
 
 
 @dataclass

@@ -25,10 +25,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from ..errors import UserError  # noqa: E402
-from .load import Run, load  # noqa: E402
+from .reader import Run, load  # noqa: E402
 from .model import SavedModel, read_model  # noqa: E402
 
 CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:1.5em auto;padding:0 1em;
@@ -277,7 +277,10 @@ def _bytes(runs: list[Run]) -> str:
                 ax.scatter(x, y, color=TAB10[i % 10], s=50)
                 ax.annotate(f"{run.budget} ({run.algorithm})", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
         ax.set(xscale="log", xlabel="training uplink bytes per seen client", ylabel=label, title=label + " against bytes")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels collide
+        ax.margins(x=.25, y=.15)  # room for the labels of the outermost points
+        ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2, 5)))  # within two decades a labelled 2 and 5 keep the scale readable
+        ax.xaxis.set_minor_formatter(EngFormatter(unit="B") if np.ptp(np.log10(ax.get_xlim())) < 2 else NullFormatter())
         ax.grid(alpha=.3, which="both")
     fig.tight_layout()
     return _figure(fig, "bytes against error", "One point per log, labelled with its uplink/downlink budget: further left "

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .load import Run
+from .reader import Run
 
 WORST_CLIENTS = 5
 # (column, label, digits) of the comparison table

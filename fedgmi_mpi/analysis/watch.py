@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from .load import open_log, resolve
+from .reader import open_log, resolve
 
 
 def snapshot(path: str | Path) -> dict[str, Any]:
