@@ -22,6 +22,8 @@ setup(
         "scikit-learn>=1.2",  # load_digits ships inside the package: nothing is downloaded
         "scipy>=1.9",
         "pyyaml>=6",
+        "pandas>=1.5",  # fedgmi analyze / report / the analysis API (never imported by a run)
+        "matplotlib>=3.6",  # fedgmi report's plots (Agg backend: no display needed)
     ],
     extras_require={
         "mpich": ["mpich"],  # pip's MPICH: gives mpiexec on a machine without a system MPI

@@ -2,26 +2,24 @@
 
 Each (algorithm, seed) runs as its own job (``mpiexec -n RANKS ... fedgmi_mpi run``, or the serial
 runtime for one rank) with its own log in the folder; a log already there is read instead of run
-again, so an interrupted comparison resumes. The table: personalised test accuracy of the final
-evaluation (mean over seen clients, and its 10th-percentile client), matched proportion MAE and
-assignment accuracy where the algorithm has proportions, training uplink per client, wall time;
-mean ± standard deviation over seeds.
+again, so an interrupted comparison resumes. The table is ``fedgmi analyze``'s over those logs
+(analysis/tables.py): matched proportion errors, assignment accuracy and adjusted Rand index where
+the algorithm has proportions, personalised accuracy (mean and 10th-percentile client), held-out
+log-likelihood, training uplink per client, wall time; mean ± standard deviation over seeds.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import h5py
-import numpy as np
+from typing import Any
 
 from . import config as config_mod
+from .analysis import tables
+from .analysis.reader import load
 from .errors import UserError
-
-COLUMNS = ("accuracy", "accuracy_p10", "proportion_mae", "assignment_accuracy", "uplink_mib", "wall_s")
 
 
 def command(ranks: int, args: list[str]) -> list[str]:
@@ -34,29 +32,20 @@ def command(ranks: int, args: list[str]) -> list[str]:
     return [launcher, "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "fedgmi_mpi", *args]
 
 
-def scores(log: Path) -> dict[str, float]:
-    with h5py.File(log, "r") as f:
-        if f["status"][0] != 1:
-            raise UserError(f"{log} is not a complete run; remove it to run it again")
-        summary = json.loads(f.attrs["summary"])
-        seen = f["clients/seen"][()].astype(bool)
-        accuracy = f["evaluate/accuracy"][-1][seen]
-        accuracy = accuracy[~np.isnan(accuracy)]
-        phases = json.loads(f["rounds/phase"].attrs["phases"])
-        train = f["rounds/phase"][()] == phases.index("train")
-        uplink = f["rounds/bytes_up"][()][train].sum() / max(int(seen.sum()), 1) / 2**20
-    return {"accuracy": summary.get("accuracy", np.nan), "accuracy_p10": float(np.percentile(accuracy, 10)),
-            "proportion_mae": summary.get("proportion_mae", np.nan),
-            "assignment_accuracy": summary.get("assignment_accuracy", np.nan),
-            "uplink_mib": float(uplink), "wall_s": summary.get("wall_time_s", np.nan)}
+def scores(log: Path) -> dict[str, Any]:
+    """The log's headline numbers (``fedgmi analyze``); a run that did not finish is refused."""
+    run = load(log)
+    if run.status != "complete":
+        raise UserError(f"{log} is not a complete run; remove it to run it again")
+    return tables.headline(run)
 
 
 def run_all(config_file: str | None, overrides: tuple[str, ...], algorithms: list[str], seeds: list[int],
-            ranks: int, folder: Path, echo) -> dict[str, list[dict[str, float]]]:
+            ranks: int, folder: Path, echo) -> list[dict[str, Any]]:
     for name in algorithms:  # refuse bad input before any job runs
         config_mod.load(config_file, [*overrides, f"algorithm.name={name}"])
     folder.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in algorithms}
+    results = []
     for seed in seeds:
         for name in algorithms:
             log = folder / f"{name}-seed{seed}.h5"
@@ -69,21 +58,10 @@ def run_all(config_file: str | None, overrides: tuple[str, ...], algorithms: lis
                 if done.returncode != 0:
                     raise UserError(f"{name}, seed {seed} failed (exit {done.returncode}): "
                                     f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
-            results[name].append(scores(log))
+            results.append(scores(log))
     return results
 
 
-def table(results: dict[str, list[dict[str, float]]]) -> str:
-    def cell(values: list[float], digits: int) -> str:
-        values = [v for v in values if v is not None and not np.isnan(v)]
-        if not values:
-            return "n/a"
-        return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
-
-    header = ("| algorithm | seeds | accuracy | 10th-pct client acc. | proportion MAE | assignment | "
-              "uplink MiB/client | wall s |")
-    lines = [header, "|" + "---|" * 8]
-    for name, runs in results.items():
-        columns = [cell([r[c] for r in runs], 1 if c in ("uplink_mib", "wall_s") else 4) for c in COLUMNS]
-        lines.append(f"| {name} | {len(runs)} | " + " | ".join(columns) + " |")
-    return "\n".join(lines)
+def table(results: list[dict[str, Any]]) -> str:
+    """One row per algorithm (and budget): mean ± standard deviation over the seeds."""
+    return tables.format_comparison(tables.comparison(results))

@@ -7,7 +7,8 @@ its proportions with the likelihoods fixed, from uniform. That gives the point e
 client's mixture log-likelihood mean_i log sum_k pi_k p_k(x_i).
 
 The uncertainty is the posterior over the proportions given the K likelihoods, under a
-Dirichlet(``prior``) prior (default 0.5, Jeffreys: the least informative; 1, uniform, pulls small proportions up), sampled by Gibbs sampling
+Dirichlet(``prior``) prior (default 0.5, Jeffreys: the least informative; 1, uniform, pulls
+small proportions up), sampled by Gibbs sampling
 (z_i | pi ~ Categorical(r_i), pi | z ~ Dirichlet(prior + counts)). Why this and not a bootstrap:
 it is the model's own answer to "which proportions could have produced these samples", it
 accounts for samples whose component is ambiguous (a bootstrap of the point estimate does too,

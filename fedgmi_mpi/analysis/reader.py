@@ -297,7 +297,7 @@ def _components_frame(arrays: dict[str, np.ndarray], phase: str, row: int, perm:
         frame["heldout_log_likelihood"] = _pooled_heldout(heldout[row][reported], mass[row][reported])[order]
         claimed = np.nan_to_num(mass[row][reported]).sum(0)[order]
         frame["heldout_share"] = claimed / max(claimed.sum(), 1e-12)
-    if f"estimated_c0" in clients:
+    if "estimated_c0" in clients:
         mask = seen & reported
         frame["mean_estimated_seen"] = [clients[f"estimated_c{t}"][mask].mean() for t in range(k)]
         if "actual_c0" in clients:

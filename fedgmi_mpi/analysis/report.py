@@ -189,22 +189,24 @@ def _scatter(run: Run) -> str:
 def _bars(run: Run) -> str:
     if (missing := _no_proportions(run)) is not None:
         return missing
-    c, k = run.clients, run.num_components
-    fig, ax = plt.subplots(figsize=(max(8, .32 * len(c)), 4.2))
-    x = np.arange(len(c)) * 3.0
-    for offset, prefix, style in ((0, "estimated", dict()), (1, "actual", dict(alpha=.55, hatch="//"))):
-        bottom = np.zeros(len(c))
-        for t in range(k):
-            values = np.nan_to_num(c[f"{prefix}_c{t}"].to_numpy(float))
-            ax.bar(x + offset, values, width=.95, bottom=bottom, color=TAB10[t % 10], edgecolor="white", lw=.3, **style)
-            bottom += values
-    ax.set_xticks(x + .5, [str(i) if s else f"{i}u" for i, s in zip(c.client, c.seen)], fontsize=8,
-                  rotation=90 if len(c) > 30 else 0)
-    ax.set(xlim=(-1, x[-1] + 2), ylim=(0, 1.02), xlabel="client (u = unseen in training)", ylabel="proportion",
-           title="per-client proportions: estimated (solid, left) and actual (hatched, right)")
+    k, per_row = run.num_components, 25  # more clients per row would shrink the labels below reading size
+    chunks = [run.clients.iloc[i:i + per_row] for i in range(0, len(run.clients), per_row)]
+    fig, axes = plt.subplots(len(chunks), 1, figsize=(12, 3.3 * len(chunks)), squeeze=False)
+    for ax, c in zip(axes[:, 0], chunks):
+        x = np.arange(len(c)) * 3.0
+        for offset, prefix, style in ((0, "estimated", dict()), (1, "actual", dict(alpha=.55, hatch="//"))):
+            bottom = np.zeros(len(c))
+            for t in range(k):
+                values = np.nan_to_num(c[f"{prefix}_c{t}"].to_numpy(float))
+                ax.bar(x + offset, values, width=.95, bottom=bottom, color=TAB10[t % 10], edgecolor="white", lw=.3, **style)
+                bottom += values
+        ax.set_xticks(x + .5, [str(i) if s else f"{i}u" for i, s in zip(c.client, c.seen)])
+        ax.set(xlim=(-1, 3 * per_row - 1), ylim=(0, 1.02), ylabel="proportion")
+    axes[-1, 0].set_xlabel("client (u = unseen in training)")
+    axes[0, 0].set_title("per-client proportions: estimated (solid, left) and actual (hatched, right)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=TAB10[t % 10], label=f"component {t}") for t in range(k)]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8)
     fig.tight_layout()
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(.5, 0), ncol=k, fontsize=9, frameon=False)
     return _figure(fig, "per-client proportions", f"{run.name}, final evaluation: each client has a solid bar (estimated) "
                    "beside a hatched one (actual counts); matching colour heights mean a correct estimate.")
 

@@ -115,7 +115,8 @@ def format_text(head: dict[str, Any]) -> str:
         lines.append("  worst clients: " + "; ".join(
             f"{c['client']}{'' if c.get('seen', True) else ' (unseen)'} MAE {_fmt(c.get('proportion_mae'))} "
             f"acc {_fmt(c.get('accuracy'), 3)}" for c in head["worst_clients"]))
-    lines.append(f"  rounds {head['rounds']} ({head['train_rounds']} training); bytes up {head['bytes_up_total'] / 2**20:.1f} MiB, "
+    lines.append(f"  rounds {head['rounds']} ({head['train_rounds']} training); "
+                 f"bytes up {head['bytes_up_total'] / 2**20:.1f} MiB, "
                  f"down {head['bytes_down_total'] / 2**20:.1f} MiB; training uplink {head['uplink_mib_per_client']:.2f} MiB "
                  f"per seen client; wall time {head['wall_time_s']:.1f} s")
     return "\n".join(lines)

@@ -78,8 +78,9 @@ def _fmt(value: float | None) -> str:
 def watch(path: str | Path, interval: float, echo: Callable[[str], None], stale_after: float = 300.0,
           timeout: float | None = None, appear_within: float = 120.0) -> dict[str, Any]:
     """Print a line whenever the run moves on; return its last snapshot once it has ended (or
-    after ``timeout`` seconds). Waits ``appear_within`` seconds for the log to appear. Says so once if nothing has moved for ``stale_after`` seconds: a
-    run that died leaves its ``.partial`` as it was."""
+    after ``timeout`` seconds). Waits ``appear_within`` seconds for the log to appear. Says so
+    once if nothing has moved for ``stale_after`` seconds: a run that died leaves its
+    ``.partial`` as it was."""
     started = last_change = time.monotonic()
     shown, warned = None, False
     while True:

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import UserError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: /model (the saved global model) and the held-out log-likelihoods
 MPI_COLLECTIVES = ("broadcast", "reduce", "gather")
 
 
@@ -97,7 +97,8 @@ def _create_model_group(file: h5py.File, spec: ModelSpec) -> None:
     group.attrs["note"] = ("the global model of the latest evaluation round (the one its clients evaluated), "
                            "overwritten in place; round -1: none yet")
     group.create_dataset("parameters", data=np.full((spec.rows, spec.row_size), np.nan, dtype=np.float32))
-    group["parameters"].attrs["legend"] = "float32 [rows, row_size]; row k = component (or model) k, tensors in the order of description.tensors"
+    group["parameters"].attrs["legend"] = ("float32 [rows, row_size]; row k = component (or model) k, its tensors "
+                                           "in the order of description.tensors")
     group.create_dataset("control", data=np.zeros(max(spec.control_size, 1), dtype=np.float32))
     group.create_dataset("control_length", data=np.zeros(1, dtype=np.int64))
     group["control"].attrs["legend"] = "the round's control payload (first control_length values), e.g. FedGMM's Gaussians"
