@@ -172,6 +172,6 @@ def test_write_report_refuses(logs, tmp_path):
     with pytest.raises(UserError, match="exists"):
         write_report([logs["fedavg"]], out)
     assert out.read_text() == "mine"
-    with pytest.raises(UserError, match="no folder"):
+    with pytest.raises(UserError, match="does not exist"):
         write_report([logs["fedavg"]], tmp_path / "missing" / "report.html")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]  # no temp file left behind

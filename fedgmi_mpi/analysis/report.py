@@ -1,10 +1,7 @@
-"""One self-contained HTML report of one or more run logs: ``write_report(["run.h5"], Path("report.html"))``.
-
-Every image is an embedded PNG, the CSS is inline and nothing refers to the network, so the file can
-be mailed or archived on its own. Per-client detail (scatter, bars, confusion, samples) is drawn for
-the first log; curves and the headline table cover every log. A plot that has nothing to show (no
-truth, no proportions, no scored round yet) is replaced by a sentence saying why.
-"""
+"""One self-contained HTML report of run logs: ``write_report(["run.h5"], Path("report.html"))``. Images are
+embedded PNGs, CSS is inline, nothing refers to the network. Per-client detail is drawn for the first log, curves
+and the headline table for every log; a plot with nothing to show (no truth, no proportions, no scored round yet)
+becomes a sentence saying why."""
 from __future__ import annotations
 
 import base64
@@ -12,9 +9,7 @@ import html
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +22,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from ..atomic import check_new_file, write_atomically  # noqa: E402
 from ..errors import UserError  # noqa: E402
 from .reader import Run, load  # noqa: E402
 from .model import SavedModel, read_model  # noqa: E402
@@ -343,11 +339,6 @@ def _pretty(value: Any) -> str:
     return _esc(value)
 
 
-def _provenance(run: Run) -> dict[str, Any]:
-    items = {key: value for key, value in run.attrs.items() if key != "config"}
-    return {**items, "status": run.status, "path": str(run.path)}
-
-
 def render(runs: list[Run], models: list[SavedModel | None]) -> str:
     """The whole report of ``runs`` (the first one detailed per client) as one HTML document."""
     if not runs:
@@ -364,7 +355,8 @@ def render(runs: list[Run], models: list[SavedModel | None]) -> str:
         (f"Samples from each component's VAE: {first.name}", _safe(_samples, first, model)),
         ("Configuration", "<p>Shaded rows differ between logs.</p>" * (len(runs) > 1)
          + _compare("setting", runs, [_flatten(run.config) for run in runs])),
-        ("Provenance", _compare("attribute", runs, [_provenance(run) for run in runs])),
+        ("Provenance", _compare("attribute", runs, [{**{k: v for k, v in run.attrs.items() if k != "config"},
+                                                      "status": run.status, "path": str(run.path)} for run in runs])),
     ]
     title = "fedgmi report: " + ", ".join(run.name for run in runs)
     body = "".join(f"<section><h2>{_esc(heading)}</h2>{content}</section>" for heading, content in sections)
@@ -380,26 +372,8 @@ def _model(path: str | Path) -> SavedModel | None:
 
 
 def write_report(paths: list[str | Path], out: Path) -> Path:
-    """Load each log, render, and write ``out`` atomically; never overwrites."""
-    out = Path(out)
-    if out.exists():
-        raise UserError(f"{out} exists; not overwriting it")
-    if not out.parent.is_dir():
-        raise UserError(f"no folder {out.parent} to write {out.name} into")
+    """Load each log, render, and write ``out`` atomically; an existing ``out`` is refused, never replaced."""
+    check_new_file(Path(out))
     text = render([load(path) for path in paths], [_model(path) for path in paths])
-    fd, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the report from the group
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        if out.exists():  # appeared while rendering: still refuse
-            raise UserError(f"{out} exists; not overwriting it")
-        os.replace(temp, out)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return out
+    # checked again: rendering takes seconds and the name may have been taken meanwhile
+    return write_atomically(check_new_file(Path(out)), lambda temporary: temporary.write_text(text, encoding="utf-8"))
