@@ -239,7 +239,9 @@ def _scores_frame(arrays: dict[str, np.ndarray], rounds: pd.DataFrame, seen: np.
             train_round = int(rounds.train_round.iloc[communication_round]) if communication_round < len(rounds) else np.nan
             records.append({"phase": phase, "row": row, "round": communication_round, "train_round": train_round,
                             "matching": " ".join(map(str, perm)) if perm is not None else "", **scores})
-    frame = pd.DataFrame.from_records(records)
+    # a run that has not scored a round yet (still initialising) still gets the columns it will have
+    frame = pd.DataFrame.from_records(records, columns=None if records else ["phase", "row", "round", "train_round",
+                                                                             "matching", "proportion_mae", "accuracy"])
     if not frame.empty:
         frame = frame.sort_values(["round", "phase"], kind="stable").reset_index(drop=True)
     return frame, perms

@@ -24,8 +24,9 @@ from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatt
 
 from ..atomic import check_new_file, write_atomically  # noqa: E402
 from ..errors import UserError  # noqa: E402
-from .reader import Run, load  # noqa: E402
+from . import tables  # noqa: E402
 from .model import SavedModel, read_model  # noqa: E402
+from .reader import Run, load  # noqa: E402
 
 CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:1.5em auto;padding:0 1em;
 color:#222;line-height:1.4}h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;margin-top:2em}
@@ -86,27 +87,20 @@ def _column(frame: pd.DataFrame, name: str) -> pd.Series:
     return frame[name] if name in frame else pd.Series(np.nan, index=frame.index, dtype=float)
 
 
-def _final(run: Run) -> pd.Series | None:
-    # Run.final() raises on a log with no scored row yet (its scores frame has no columns at all)
-    return None if run.scores.empty else run.final()
-
-
 def _headline(runs: list[Run]) -> str:
     header = ["log", "algorithm", "budget", "status", "train rounds", "prop. MAE seen", "prop. MAE unseen",
               "MAE vs Dirichlet", "assign. acc.", "adj. Rand", "accuracy", "accuracy p10", "wall time (s)",
               "MiB up", "MiB down"]
     rows = []
     for run in runs:
-        final = _final(run)
-        final = pd.Series(dtype=object) if final is None else final
-        train_rounds = int(final["train_round"]) if pd.notna(final.get("train_round")) else None
-        rows.append([_esc(x) for x in (run.name, run.algorithm, run.budget, run.status, _fmt(train_rounds))] + [
-            _fmt(float(final.get(k, np.nan))) for k in ("proportion_mae", "proportion_mae_unseen", "proportion_mae_dirichlet",
-                                          "assignment_accuracy", "adjusted_rand_index", "accuracy", "accuracy_p10")] + [
-            _fmt(float(_column(run.rounds, "wall_time").sum()), 1),
-            _fmt(float(_column(run.rounds, "bytes_up").sum()) / 2**20, 1),
-            _fmt(float(_column(run.rounds, "bytes_down").sum()) / 2**20, 1)])
-    notes = [_note(f"{run.name}: no scored round yet, so no scores.") for run in runs if _final(run) is None]
+        head = tables.headline(run)  # the numbers `fedgmi analyze` prints
+        rows.append([_esc(x) for x in (run.name, run.algorithm, run.budget, run.status,
+                                       _fmt(head["final_train_round"]))] + [
+            _fmt(head.get(k, np.nan)) for k in ("proportion_mae", "proportion_mae_unseen", "proportion_mae_dirichlet",
+                                                "assignment_accuracy", "adjusted_rand_index", "accuracy", "accuracy_p10")]
+            + [_fmt(head["wall_time_s"], 1), _fmt(head["bytes_up_total"] / 2**20, 1),
+               _fmt(head["bytes_down_total"] / 2**20, 1)])
+    notes = [_note(f"{run.name}: no scored round yet, so no scores.") for run in runs if run.final() is None]
     return _table(header, rows) + "".join(notes) + "<p>Scores of the final evaluation (seen clients unless marked " \
         "unseen); – means not measured: no truth, no proportions (a single global model) or no round yet.</p>"
 
@@ -148,7 +142,7 @@ def _no_proportions(run: Run) -> str | None:
     c = run.clients
     if "estimated_c0" in c and "actual_c0" in c and c.estimated_c0.notna().any():
         return None
-    if _final(run) is None:
+    if run.final() is None:
         return _note(f"{run.name}: no evaluation yet, so no proportions to show.")
     if not run.has_truth:
         return _note(f"{run.name}: the scenario holds no truth, so estimated proportions cannot be compared.")
@@ -267,7 +261,7 @@ def _bytes(runs: list[Run]) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, key, label in zip(axes, ("proportion_mae", "accuracy"), ("final proportion MAE (seen)", "final accuracy (seen)")):
         for i, run in enumerate(runs):
-            final = _final(run)
+            final = run.final()
             train = run.rounds[run.rounds.phase == "train"]
             x = float(_column(train, "bytes_up").sum()) / max(int(run.seen.sum()), 1)
             y = float(final.get(key, np.nan)) if final is not None else np.nan
