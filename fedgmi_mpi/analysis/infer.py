@@ -53,6 +53,7 @@ class ClientInference:
     actual: np.ndarray | None = None  # [K] true shares of the samples used (from `component`), evaluation only
     dirichlet: np.ndarray | None = None  # [K] the file's `proportions` row, evaluation only
     true_components: np.ndarray | None = None  # [n] evaluation only
+    draws: tuple[np.ndarray, np.ndarray] | None = None  # the posterior draws (proportions, shares), if kept
 
     @property
     def assignment(self) -> np.ndarray:
@@ -102,7 +103,7 @@ def posterior(log_likelihood: np.ndarray, estimate: np.ndarray, prior: float, dr
 @torch.no_grad()
 def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.ndarray, level: float = 0.9,
                   prior: float = 0.5, draws: int = 2000, burn_in: int = 200, importance_samples: int | None = None,
-                  seed: int | None = None, device: str = "cpu") -> list[ClientInference]:
+                  seed: int | None = None, device: str = "cpu", keep_draws: bool = False) -> list[ClientInference]:
     params, shape = model.vae(device)
     x_all = arrays["x"]
     if x_all.shape[1] != shape.input_dim:
@@ -146,7 +147,8 @@ def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.
             posterior_sd=draws_p.std(0), lower=np.quantile(draws_p, tail, axis=0), upper=np.quantile(draws_p, 1 - tail, axis=0),
             share_lower=np.quantile(draws_s, tail, axis=0), share_upper=np.quantile(draws_s, 1 - tail, axis=0),
             responsibilities=resp[0].double().cpu().numpy(), mixture_log_likelihood=mixture, accuracy=accuracy,
-            actual=actual, dirichlet=dirichlet, true_components=true_components))
+            actual=actual, dirichlet=dirichlet, true_components=true_components,
+            draws=(draws_p, draws_s) if keep_draws else None))
     return out
 
 
