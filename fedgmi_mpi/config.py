@@ -21,9 +21,14 @@ from .errors import UserError
 COMPRESSION_METHODS = ("none", "fp16", "bf16", "qsgd", "hadamard", "topk", "randk")
 
 
+SCENARIOS = ("rotated_digits", "npz", "transforms", "label_groups", "sources", "synthetic")
+
+
 @dataclass
 class ScenarioConfig:
-    name: str = "rotated_digits"  # or "npz": a user's own file, see docs/data.md
+    # rotated_digits (the default) | npz (a user's file, docs/data.md) | transforms | label_groups |
+    # sources | synthetic (docs/scenarios.md)
+    name: str = "rotated_digits"
     path: str = ""  # npz file for name=npz
     num_clients: int = 40  # clients that train
     unseen_clients: int = 8  # extra clients that never train, only run E-steps
@@ -32,6 +37,15 @@ class ScenarioConfig:
     size_spread: float = 0.25  # client sizes uniform in samples_per_client * (1 ± size_spread)
     test_samples_per_client: int = 50
     dirichlet_alpha: float = 0.4
+    base: str = "digits"  # transforms, label_groups: the base data set: digits | idx:IMAGES,LABELS | npz:FILE | hdf5:FILE
+    components: str = ""  # transforms: chains per component; label_groups: classes per component; sources: file specs
+    sizes: str = "uniform"  # training samples per client: uniform (samples_per_client * (1 ± size_spread)), fixed, lognormal
+    size_sigma: float = 0.5  # lognormal sizes: standard deviation of the log size (mean samples_per_client)
+    proportions_path: str = ""  # a .npy or .csv [all clients, K] of proportions instead of Dirichlet draws
+    test_fraction: float = 0.2  # share of each base data set held out as the test pool, before any transform
+    synthetic_dim: int = 16  # synthetic: dimensions of the real-valued features
+    synthetic_modes: int = 3  # synthetic: Gaussian modes per component (the labels)
+    synthetic_separation: float = 4.0  # synthetic: standard deviation of the mode means
 
 
 @dataclass
@@ -200,7 +214,14 @@ def _require(condition: bool, message: str) -> None:
 def validate(config: Config) -> None:
     s, m, a, r = config.scenario, config.model, config.algorithm, config.runtime
     _require(config.seed >= 0, "seed must be >= 0")
-    _require(s.name in ("rotated_digits", "npz"), f"scenario.name must be rotated_digits or npz, got {s.name!r}")
+    _require(s.name in SCENARIOS, f"scenario.name must be one of {', '.join(SCENARIOS)}, got {s.name!r}")
+    _require(s.name not in ("transforms", "label_groups", "sources") or bool(s.components.strip()),
+             f"scenario.components must describe the components when scenario.name={s.name} (docs/scenarios.md)")
+    _require(s.sizes in ("uniform", "fixed", "lognormal"), f"scenario.sizes must be uniform, fixed or lognormal, got {s.sizes!r}")
+    _require(s.size_sigma > 0, "scenario.size_sigma must be > 0")
+    _require(0 < s.test_fraction < 1, "scenario.test_fraction must be in (0, 1)")
+    _require(s.synthetic_dim >= 1 and s.synthetic_modes >= 2, "scenario.synthetic_dim must be >= 1, synthetic_modes >= 2")
+    _require(s.synthetic_separation > 0, "scenario.synthetic_separation must be > 0")
     _require(s.name != "npz" or bool(s.path), "scenario.path must name an .npz file when scenario.name=npz")
     _require(s.num_clients >= 1, "scenario.num_clients must be >= 1")
     _require(s.unseen_clients >= 0, "scenario.unseen_clients must be >= 0")

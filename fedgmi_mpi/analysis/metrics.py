@@ -43,6 +43,19 @@ def proportion_errors(estimated: np.ndarray, reference: np.ndarray, perm: np.nda
             "max_error": float(np.abs(error).max())}
 
 
+def responsibility_agreement(estimated: np.ndarray, exact: np.ndarray, perm: np.ndarray) -> dict[str, float]:
+    """Estimated responsibilities [..., K] (learned order) against exact ones [..., K] (true
+    order) over the rows that both have: mean absolute difference per entry, and the share of
+    samples whose most responsible component agrees."""
+    matched = estimated[..., perm].reshape(-1, exact.shape[-1])
+    exact = exact.reshape(-1, exact.shape[-1])
+    rows = ~(np.isnan(matched).any(1) | np.isnan(exact).any(1))
+    if not rows.any():
+        return {"responsibility_mad": float("nan"), "responsibility_agreement": float("nan")}
+    return {"responsibility_mad": float(np.abs(matched[rows] - exact[rows]).mean()),
+            "responsibility_agreement": float((matched[rows].argmax(1) == exact[rows].argmax(1)).mean())}
+
+
 def adjusted_rand_index(contingency: np.ndarray) -> float:
     """Hubert and Arabie's adjusted Rand index of two labelings from their contingency table
     (here [true, learned] counts); 1 = the same partition, ~0 = chance. Label-free: no matching."""

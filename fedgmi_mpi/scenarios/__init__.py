@@ -11,6 +11,14 @@ def build(config: Config) -> Scenario:
 
         return npz_file.load(s.path, seed=config.seed, num_components=s.num_components,
                              unseen_clients=s.unseen_clients)
+    if s.name in ("transforms", "label_groups", "sources"):
+        from . import mixture
+
+        return mixture.build(s, config.seed)
+    if s.name == "synthetic":
+        from . import synthetic
+
+        return synthetic.build(s, config.seed)
     from . import rotated_digits
 
     return rotated_digits.build(

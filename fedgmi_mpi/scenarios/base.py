@@ -23,6 +23,7 @@ class ClientData:
     true_components_train: np.ndarray | None = None
     true_components_test: np.ndarray | None = None
     true_proportions: np.ndarray | None = None  # the Dirichlet draw the client was sampled from
+    exact_log_density_train: np.ndarray | None = None  # [n, K] exact log p_k(x) (synthetic scenarios only)
 
     @property
     def num_train(self) -> int:
@@ -48,6 +49,23 @@ class Scenario:
     @property
     def has_truth(self) -> bool:
         return all(c.true_components_train is not None for c in self.clients)
+
+    @property
+    def has_exact_densities(self) -> bool:
+        return all(c.exact_log_density_train is not None and c.true_proportions is not None for c in self.clients)
+
+    def exact_responsibilities(self) -> np.ndarray | None:
+        """[clients, largest client, K] r_ik ∝ pi_ck p_k(x_i) under the true proportions, NaN past
+        each client's samples (synthetic scenarios with known densities; evaluation only)."""
+        if not self.has_exact_densities:
+            return None
+        from .synthetic import exact_responsibilities
+
+        longest = max(c.num_train for c in self.clients)
+        out = np.full((len(self.clients), longest, self.num_components), np.nan)
+        for i, c in enumerate(self.clients):
+            out[i, : c.num_train] = exact_responsibilities(c.exact_log_density_train, c.true_proportions)
+        return out
 
     def true_proportions(self) -> np.ndarray | None:
         if any(c.true_proportions is None for c in self.clients):
