@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from .metrics import adjusted_rand_index, assignment_accuracy, match_components, proportion_errors
+from .metrics import (adjusted_rand_index, assignment_accuracy, match_components, proportion_errors,
+                      responsibility_agreement)
 
 SCORED_PHASES = ("train", "evaluate")
 
@@ -207,6 +208,11 @@ def _row_scores(arrays: dict[str, np.ndarray], phase: str, row: int, seen: np.nd
             values = arrays.get(f"{phase}/{name}")
             values = None if values is None else values[row][mask]
             out[name + suffix] = float(np.nanmean(values)) if values is not None and values.size else np.nan
+    estimated, exact = arrays.get(f"{phase}/responsibilities"), arrays.get("truth/exact_responsibilities")
+    if estimated is not None and exact is not None and perm is not None:
+        for suffix, mask in (("", seen & reported), ("_unseen", ~seen & reported)):
+            scores = responsibility_agreement(estimated[row][mask], exact[mask], perm) if mask.any() else {}
+            out.update({name + suffix: value for name, value in scores.items()})
     heldout, mass = arrays.get(f"{phase}/heldout_log_likelihood"), arrays.get(f"{phase}/heldout_mass")
     order = perm if perm is not None else np.arange(k)
     if heldout is not None and mass is not None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..scenarios.base import Scenario
-from .metrics import assignment_accuracy, match_components, proportion_mae
+from .metrics import assignment_accuracy, match_components, proportion_mae, responsibility_agreement
 
 SUMMARY_FIELDS = (
     "proportion_mae", "assignment_accuracy", "accuracy",
     "proportion_mae_unseen", "assignment_accuracy_unseen", "accuracy_unseen",
 )
+# where the scenario knows the exact densities (synthetic): per-sample responsibilities against the exact ones
+EXACT_FIELDS = ("responsibility_mad", "responsibility_agreement", "responsibility_mad_unseen",
+                "responsibility_agreement_unseen")
 
 
 def summarize(metrics: dict[str, np.ndarray], scenario: Scenario) -> dict[str, float | np.ndarray]:
@@ -23,7 +26,7 @@ def summarize(metrics: dict[str, np.ndarray], scenario: Scenario) -> dict[str, f
     is_seen = np.array([c.seen for c in scenario.clients])
     seen, unseen = is_seen & reported, ~is_seen & reported
     k = scenario.num_components
-    out: dict[str, float | np.ndarray] = {name: float("nan") for name in SUMMARY_FIELDS}
+    out: dict[str, float | np.ndarray] = {name: float("nan") for name in SUMMARY_FIELDS + EXACT_FIELDS}
     out["permutation"] = np.full(k, -1, dtype=np.int64)
     accuracy = metrics["accuracy"]
     for suffix, mask in (("", seen), ("_unseen", unseen)):
@@ -39,4 +42,10 @@ def summarize(metrics: dict[str, np.ndarray], scenario: Scenario) -> dict[str, f
         if mask.any():
             out["assignment_accuracy" + suffix] = assignment_accuracy(metrics["confusion"][mask].sum(0), perm)
             out["proportion_mae" + suffix] = proportion_mae(metrics["proportions"][mask], actual[mask], perm)
+    exact = scenario.exact_responsibilities()
+    if exact is not None and "responsibilities" in metrics:
+        for suffix, mask in (("", seen), ("_unseen", unseen)):
+            if mask.any():
+                scores = responsibility_agreement(metrics["responsibilities"][mask], exact[mask], perm)
+                out.update({name + suffix: value for name, value in scores.items()})
     return out

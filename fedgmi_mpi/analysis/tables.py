@@ -102,8 +102,12 @@ def format_text(head: dict[str, Any]) -> str:
             ("proportion max error vs Dirichlet", "proportion_max_error_dirichlet"),
             ("assignment accuracy", "assignment_accuracy"), ("adjusted Rand index", "adjusted_rand_index"),
             ("personalised accuracy, mean", "accuracy"), ("personalised accuracy, 10th pct", "accuracy_p10"),
-            ("held-out mixture log-lik. (nats)", "heldout_mixture_log_likelihood")]
+            ("held-out mixture log-lik. (nats)", "heldout_mixture_log_likelihood"),
+            ("responsibilities vs exact, MAD", "responsibility_mad"),
+            ("argmax agrees with exact", "responsibility_agreement")]
     for label, key in rows:
+        if key.startswith("responsibility") and math.isnan(_number(head.get(key, math.nan))):
+            continue  # only scenarios with exact densities have them
         digits = 2 if "log_likelihood" in key else 4
         lines.append(f"  {label:34s} {_fmt(head.get(key), digits):>8s}  {_fmt(head.get(key + '_unseen'), digits):>8s}")
     heldout = [head.get(f"heldout_log_likelihood_c{t}") for t in range(k)]

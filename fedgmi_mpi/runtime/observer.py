@@ -115,6 +115,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"(training rounds {summary['bytes_down_train'] / 2**20:.1f} / {summary['bytes_up_train'] / 2**20:.1f})"
         + (f", catch-up down {summary['bytes_catch_up_total'] / 2**20:.1f} MiB" if summary.get("bytes_catch_up_total") else ""),
     ]
+    if not np.isnan(summary.get("responsibility_mad", np.nan)):
+        lines.append(f"  responsibilities vs exact ones      mean abs. difference seen {fmt('responsibility_mad')}   "
+                     f"unseen {fmt('responsibility_mad_unseen')}; argmax agrees seen {fmt('responsibility_agreement')}   "
+                     f"unseen {fmt('responsibility_agreement_unseen')}")
     if "rank_cpu_s" in summary:
         shares = ", ".join(f"{cpu / max(wall, 1e-9):.0%}" for wall, cpu in zip(summary["rank_wall_s"], summary["rank_cpu_s"]))
         lines.append(f"  CPU busy per rank (rank 0 = server) {shares}")

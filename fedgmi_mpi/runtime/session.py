@@ -15,7 +15,7 @@ import torch
 from .. import compression, scenarios
 from .. import config as config_mod
 from ..algorithms import build as build_algorithm
-from ..analysis.summary import SUMMARY_FIELDS
+from ..analysis.summary import EXACT_FIELDS, SUMMARY_FIELDS
 from ..config import Config
 from ..errors import UserError
 from ..logs.hdf5 import ModelSpec, RunLog
@@ -27,15 +27,20 @@ from .observer import Observer, format_summary
 
 
 def _summary_specs(client_specs: dict, num_components: int) -> dict:
-    fields = {name: () for name in SUMMARY_FIELDS}
-    fields["permutation"] = (num_components,)
-    return {phase: fields for phase, spec in client_specs.items() if "confusion" in spec}
+    """Scores of each scored phase; with per-sample responsibilities (a scenario with exact
+    densities) also their agreement with the exact ones."""
+    base = {name: () for name in SUMMARY_FIELDS}
+    base["permutation"] = (num_components,)
+    return {phase: dict(base, **({name: () for name in EXACT_FIELDS} if "responsibilities" in spec else {}))
+            for phase, spec in client_specs.items() if "confusion" in spec}
 
 
 def _create_log(config: Config, scenario, algorithm, channels, out: Path, overwrite: bool, world_size: int,
                 command: str) -> RunLog:
     truth = {name: value for name, value in (("true_proportions", scenario.true_proportions()),
-                                             ("component_counts", scenario.component_counts())) if value is not None}
+                                             ("component_counts", scenario.component_counts()),
+                                             ("exact_responsibilities", scenario.exact_responsibilities()))
+             if value is not None}
     attrs = {
         "config": config.to_json(), "seed": config.seed, "versions": json_dumps(versions()),
         "mpi_library": mpi_library(), "world_size": world_size, "git_commit": git_commit(),
