@@ -1,5 +1,6 @@
 """Command line: ``fedgmi run``, ``info``, ``compare``, ``export-scenario``, and the post-analysis
-``analyze``, ``report``, ``infer`` and ``watch`` (these read logs on CPU, without MPI).
+``analyze``, ``report``, ``infer`` and ``watch`` (these read logs on CPU, without MPI), and
+``data inspect`` / ``data convert`` for users' files.
 
 Launch across ranks with ``mpiexec -n N python -m mpi4py -m fedgmi_mpi run ...``. With one rank
 (plain ``fedgmi run``) the serial runtime runs everything in-process.
@@ -197,6 +198,56 @@ def _torch_device(name: str) -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA device visible")
     return str(device)
+
+
+@cli.group("data")
+def data_group() -> None:
+    """Users' data files: inspect them; convert IDX or HDF5 to the .npz layout (docs/data.md)."""
+
+
+@data_group.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False))
+def data_inspect(file: str) -> None:
+    """What FILE holds (.npz, HDF5, IDX) and whether it is valid; exit 2 with the first problem."""
+    from .data.readers import examine
+
+    report = examine(file)
+    click.echo(report.text)
+    if report.problem:
+        raise UserError(report.problem)
+
+
+@data_group.command("convert")
+@click.option("--images", type=click.Path(dir_okay=False), help="IDX images [N, H, W] (gzipped or not).")
+@click.option("--labels", type=click.Path(dir_okay=False), help="IDX labels [N] of those images.")
+@click.option("--hdf5", "hdf5_file", type=click.Path(dir_okay=False), help="HDF5 file with the layout's datasets.")
+@click.option("--x", "x_name", metavar="NAME", help="HDF5 dataset of the features (default x).")
+@click.option("--y", "y_name", metavar="NAME", help="HDF5 dataset of the labels (default y).")
+@click.option("--client", "client_name", metavar="NAME", help="HDF5 dataset of the client ids (default client).")
+@click.option("--test", "test_name", metavar="NAME", help="HDF5 dataset of the test marks (default test).")
+@click.option("--component", "component_name", metavar="NAME", help="HDF5 dataset of the true components.")
+@click.option("--proportions", "proportions_name", metavar="NAME", help="HDF5 dataset of the true proportions.")
+@click.option("--clients", type=click.IntRange(1), help="Split a file without client ids into N equal contiguous clients.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .npz to write (must not exist).")
+def data_convert(images: str | None, labels: str | None, hdf5_file: str | None, x_name: str | None,
+                 y_name: str | None, client_name: str | None, test_name: str | None, component_name: str | None,
+                 proportions_name: str | None, clients: int | None, out: str) -> None:
+    """Write the .npz layout from IDX images + labels, or from an HDF5 file (one client unless --clients N)."""
+    from .data.readers import convert
+
+    given = {"x": x_name, "y": y_name, "client": client_name, "test": test_name, "component": component_name,
+             "proportions": proportions_name}
+    names = {key: value for key, value in given.items() if value is not None}
+    if hdf5_file is not None:
+        if images is not None or labels is not None:
+            raise UserError("give either --images and --labels, or --hdf5, not both")
+        click.echo(convert([hdf5_file], out, names=names, clients=clients))
+        return
+    if names:
+        raise UserError(f"--{next(iter(names))} names an HDF5 dataset; it needs --hdf5")
+    if images is None or labels is None:
+        raise UserError("give --images and --labels (IDX files), or --hdf5 FILE")
+    click.echo(convert([images, labels], out, clients=clients))
 
 
 def _world_size() -> int:
