@@ -52,6 +52,9 @@ class ScenarioConfig:
 class ModelConfig:
     hidden: int = 128
     latent: int = 8
+    architecture: str = "mlp"  # FedGMI's VAEs: mlp, or conv (images with height and width divisible by 4)
+    likelihood: str = "bernoulli"  # bernoulli (features in [0, 1]) or gaussian (real-valued); one for all K components
+    channels: int = 32  # conv: channels of the first convolution (the second has twice as many)
 
 
 @dataclass
@@ -231,6 +234,9 @@ def validate(config: Config) -> None:
     _require(s.test_samples_per_client >= 1, "scenario.test_samples_per_client must be >= 1")
     _require(s.dirichlet_alpha > 0, "scenario.dirichlet_alpha must be > 0")
     _require(m.hidden >= 1 and m.latent >= 1, "model.hidden and model.latent must be >= 1")
+    _require(m.architecture in ("mlp", "conv"), f"model.architecture must be mlp or conv, got {m.architecture!r}")
+    _require(m.likelihood in ("bernoulli", "gaussian"), f"model.likelihood must be bernoulli or gaussian, got {m.likelihood!r}")
+    _require(m.channels >= 1, "model.channels must be >= 1")
     from .algorithms import ALGORITHMS
 
     _require(a.name in ALGORITHMS, f"algorithm.name must be one of {', '.join(ALGORITHMS)}, got {a.name!r}")

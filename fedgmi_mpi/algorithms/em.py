@@ -176,6 +176,7 @@ def local_m_step(
     lr: float,
     label_weight: float,
     generators: list[torch.Generator],
+    elbo_fn: Callable[[vae.Params, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = vae.elbo,
 ) -> torch.Tensor:
     """FedGMI's M-step: each client trains its own copy of every component on its
     responsibility-weighted loss; returns the trained parameters [G, K, P].
@@ -184,7 +185,8 @@ def local_m_step(
     client, weights [G, N, K] (zero on padding). Component k of client g minimises
     sum_i w_gik (-ELBO_gik + label_weight * CE_gik) / sum_i w_gik, so each component takes steps of
     the same size whatever its local mass; the server's mass-weighted average decides how much each
-    client's update counts.
+    client's update counts. ``elbo_fn``: the model's ELBO (models.DensityModel.elbo; default the MLP's),
+    ``layout`` its layout.
     """
     k, z = layout.num_components, layout.shape.latent
     rows = torch.arange(len(generators), device=x.device)[:, None]
@@ -192,7 +194,7 @@ def local_m_step(
     def loss(matrix: torch.Tensor, index: torch.Tensor, batch_mask: torch.Tensor) -> torch.Tensor:
         sizes = batch_mask.sum(1).tolist()
         noise = stacked_normal(generators, [(k, s, z) for s in sizes], (k, index.shape[1], z), axis=1)
-        elbo, logits = vae.elbo(layout.unflatten(matrix), x[rows, index], noise)
+        elbo, logits = elbo_fn(layout.unflatten(matrix), x[rows, index], noise)
         labels = y[rows, index].unsqueeze(1).expand(-1, k, -1)
         nll_y = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                 reduction="none").reshape(elbo.shape)

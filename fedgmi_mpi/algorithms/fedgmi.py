@@ -27,8 +27,7 @@ import torch
 
 from .. import rng as rngs
 from ..config import Config
-from ..models import vae
-from ..models.vae import ParamLayout, VAEShape
+from ..models import density_model, vae
 from ..scenarios.base import ClientData, Scenario
 from . import codebook, em, topics
 from .common import Batch, GroupAlgorithmBase, client_generators
@@ -54,14 +53,17 @@ class ServerState:
 
 class FedGMI(GroupAlgorithmBase):
     name = "fedgmi"
-    # K VAEs with classifier heads (models/vae.py), Bernoulli pixels: ``fedgmi infer`` rebuilds it
+    # K VAEs with classifier heads (models/: MLP or conv, Bernoulli or Gaussian): ``fedgmi infer`` rebuilds it
     model_kind = "vae_mixture"
 
     def __init__(self, config: Config, scenario: Scenario, device: torch.device | str = "cpu"):
         super().__init__(config, scenario, device)
-        self.shape = VAEShape(scenario.num_components, scenario.input_dim, scenario.num_classes,
-                              config.model.hidden, config.model.latent)
-        self.layout = ParamLayout(self.shape)
+        self.model = density_model(config.model, scenario.input_dim, scenario.num_classes, scenario.num_components,
+                                   scenario.metadata.get("image_shape"))
+        self.shape, self.layout = self.model.shape, self.model.layout
+        # where the scenario knows the exact densities, evaluation rounds log every sample's
+        # responsibilities so they can be compared with the exact ones
+        self.log_responsibilities = scenario.has_exact_densities
         self.warmup_rounds = min(self.cfg.warmup_rounds, self.cfg.rounds) if self.cfg.init == "topics" else 0
         # This rank's memory of broadcasts its clients keep: the codebook (sent in the first topics
         # round, which every seen client takes part in) and each client's codewords, recomputed
@@ -83,8 +85,10 @@ class FedGMI(GroupAlgorithmBase):
             "heldout_mass": (k,),
             "heldout_mixture_log_likelihood": (),
         }
-        return {"codebook": {}, "topics": {}, "train": dict(per_round),
-                "evaluate": dict(per_round, mixture_log_likelihood=())}
+        evaluate = dict(per_round, mixture_log_likelihood=())
+        if self.log_responsibilities:
+            evaluate["responsibilities"] = (self.max_train, k)
+        return {"codebook": {}, "topics": {}, "train": dict(per_round), "evaluate": evaluate}
 
     def server_metric_specs(self) -> dict[str, dict[str, tuple[int, ...]]]:
         k, r = self.num_components, self.cfg.topic_restarts
@@ -102,13 +106,15 @@ class FedGMI(GroupAlgorithmBase):
                            control_bytes=4 * largest_control.size)
 
     def initial_model(self) -> np.ndarray:
-        return vae.init_matrix(self.shape, rngs.torch_generator(self.seed, rngs.SERVER, 0)).numpy()
+        return self.model.init_matrix(rngs.torch_generator(self.seed, rngs.SERVER, 0)).numpy()
 
     def memory_per_client(self) -> int:
-        """Peak bytes a client adds to a group: the decoder's activations for one chunk of 16
+        """Peak bytes a client adds to a group: the decoder's activations for one chunk of
         importance samples over its padded samples, with room for temporaries."""
-        h, d, k = self.shape.hidden, self.input_dim, self.num_components
-        return 2 * 4 * k * 16 * max(self.max_train, self.max_test) * (2 * h + 3 * d)
+        return self.model.memory_per_sample() * max(self.max_train, self.max_test)
+
+    def model_description(self) -> dict:
+        return {**super().model_description(), **self.model.description()}
 
     def client_state_spec(self) -> dict[str, tuple[int, ...]]:
         """What a client keeps between its rounds (everything else is its data or recomputed)."""
@@ -273,7 +279,7 @@ class FedGMI(GroupAlgorithmBase):
                  log_likelihood: torch.Tensor, resp: torch.Tensor, test_samples: int,
                  generators: list[torch.Generator]) -> list[dict[str, np.ndarray]]:
         noise = self._noise(generators, test_samples, batch.test_counts.tolist(), self.max_test)
-        test_log_px, test_logits = vae.iw_log_likelihood(params, batch.x_test, noise)
+        test_log_px, test_logits = self.model.iw_log_likelihood(params, batch.x_test, noise)
         test_ll = test_log_px.transpose(1, 2)  # [G, Ntest, K]
         predicted = em.predict_proba(test_ll, test_logits, proportions).argmax(2)
         test_resp = em.responsibilities(test_ll, proportions) * batch.test_mask.unsqueeze(2)
@@ -328,8 +334,8 @@ class FedGMI(GroupAlgorithmBase):
         generators = self._generators(clients, rngs.CLIENT_TRAIN, broadcast.round)
         batch = self._batch(clients)
         counts = batch.counts.tolist()
-        log_px, logits = vae.iw_log_likelihood(params, batch.x, self._noise(generators, self.cfg.estep_samples, counts,
-                                                                          self.max_train))
+        noise = self._noise(generators, self.cfg.estep_samples, counts, self.max_train)
+        log_px, logits = self.model.iw_log_likelihood(params, batch.x, noise)
         log_likelihood = log_px.transpose(1, 2)  # [G, N, K]
         proportions, resp = self._training_responsibilities(clients, states, batch, log_likelihood, logits, warmup,
                                                              best_restart, best_topics)
@@ -339,7 +345,8 @@ class FedGMI(GroupAlgorithmBase):
             state["proportions"][:] = value
         weights = resp * batch.mask.unsqueeze(2)
         trained = em.local_m_step(self.layout, start, batch.x, batch.y, batch.counts, weights, self.cfg.local_epochs,
-                                  self.cfg.batch_size, self.cfg.lr, self.cfg.label_weight, generators)
+                                  self.cfg.batch_size, self.cfg.lr, self.cfg.label_weight, generators,
+                                  elbo_fn=self.model.elbo)
         delta = (trained - start).cpu().numpy()
         mass = weights.sum(1).double().cpu().numpy()
         return [ClientUpload(delta=delta[g], weights=mass[g], statistics=np.zeros(0), metrics=metrics[g])
@@ -354,7 +361,7 @@ class FedGMI(GroupAlgorithmBase):
         batch = self._batch(clients)
         k = self.num_components
         noise = self._noise(generators, self.cfg.eval_samples, batch.counts.tolist(), self.max_train)
-        log_px, _ = vae.iw_log_likelihood(params, batch.x, noise)
+        log_px, _ = self.model.iw_log_likelihood(params, batch.x, noise)
         log_likelihood = log_px.transpose(1, 2)
         uniform = torch.full((len(clients), k), 1.0 / k, device=self.device)
         proportions, resp = em.fit_proportions(log_likelihood, batch.mask, uniform, EVAL_PROPORTION_ITERATIONS)
@@ -363,4 +370,8 @@ class FedGMI(GroupAlgorithmBase):
         mixture = em.masked_mean(em.mixture_log_likelihood(log_likelihood, proportions).unsqueeze(2), batch.mask)
         for g, value in enumerate(mixture[:, 0].double().cpu().numpy()):
             metrics[g]["mixture_log_likelihood"] = np.array(value)
+        if self.log_responsibilities:  # per sample, to set beside the exact ones (NaN past its samples)
+            padded = torch.where(batch.mask.unsqueeze(2), resp, torch.nan).double().cpu().numpy()
+            for g in range(len(clients)):
+                metrics[g]["responsibilities"] = padded[g]
         return [no_upload(m) for m in metrics]

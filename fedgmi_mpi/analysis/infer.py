@@ -28,7 +28,7 @@ import torch
 from .. import rng as rngs
 from ..algorithms import em
 from ..errors import UserError
-from ..models import vae
+from ..models import DensityModel, vae
 from .metrics import confusion, match_components
 from .model import SavedModel
 
@@ -104,7 +104,7 @@ def posterior(log_likelihood: np.ndarray, estimate: np.ndarray, prior: float, dr
 def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.ndarray, level: float = 0.9,
                   prior: float = 0.5, draws: int = 2000, burn_in: int = 200, importance_samples: int | None = None,
                   seed: int | None = None, device: str = "cpu", keep_draws: bool = False) -> list[ClientInference]:
-    params, shape = model.vae(device)
+    params, shape = model.vae(device)  # shape: the models.DensityModel (input_dim, num_components, latent, functions)
     x_all = arrays["x"]
     if x_all.shape[1] != shape.input_dim:
         raise UserError(f"the data has {x_all.shape[1]} features per sample, the model expects {shape.input_dim}")
@@ -152,7 +152,7 @@ def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.
     return out
 
 
-def _log_likelihoods(params: vae.Params, shape: vae.VAEShape, x_all: np.ndarray, rows: np.ndarray, samples: int,
+def _log_likelihoods(params: vae.Params, shape: DensityModel, x_all: np.ndarray, rows: np.ndarray, samples: int,
                      generator: torch.Generator, padded: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """log p_k(x) [1, n, K] and class logits [1, K, n, C] of the given rows, padded as a run pads
     (to its largest client) so the arithmetic, and the numbers, are the run's."""
@@ -162,7 +162,7 @@ def _log_likelihoods(params: vae.Params, shape: vae.VAEShape, x_all: np.ndarray,
     x[0, :n] = torch.as_tensor(x_all[rows], dtype=torch.float32, device=device)
     noise = em.stacked_normal([generator], [(samples, shape.num_components, n, shape.latent)],
                               (samples, shape.num_components, padded, shape.latent), axis=2)
-    log_px, logits = vae.iw_log_likelihood(params, x, noise.to(device))
+    log_px, logits = shape.iw_log_likelihood(params, x, noise.to(device))
     return log_px.transpose(1, 2)[:, :n], logits[:, :, :n]
 
 

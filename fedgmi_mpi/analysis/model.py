@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..models import vae
+from ..models import DensityModel, from_description, vae
 from .reader import open_log, resolve
 
 
@@ -37,32 +37,32 @@ class SavedModel:
     def num_components(self) -> int:
         return int(self.description["num_components"])
 
-    def vae(self, device: torch.device | str = "cpu") -> tuple[vae.Params, vae.VAEShape]:
-        """The K VAEs as parameters [1, K, ...] (a group of one), checked against this code's layout."""
+    def vae(self, device: torch.device | str = "cpu") -> tuple[vae.Params, DensityModel]:
+        """The K VAEs as parameters [1, K, ...] (a group of one) and the model (architecture and
+        likelihood from the description; older logs: mlp, bernoulli), checked against this code's layout."""
         if self.kind != "vae_mixture":
             raise UserError(f"{self.path}: the saved model is a {self.kind!r} model (algorithm "
                             f"{self.description.get('algorithm')}); inference needs FedGMI's mixture of VAEs "
                             "(algorithm fedgmi or oracle)")
         d = self.description
-        shape = vae.VAEShape(int(d["num_components"]), int(d["input_dim"]), int(d["num_classes"]),
-                             int(d["hidden"]), int(d["latent"]))
-        layout = vae.ParamLayout(shape)
+        model = from_description(d)
+        layout = model.layout
         stored = [(t["name"], tuple(t["shape"])) for t in d["tensors"]]
-        if stored != list(zip(layout.names, layout.shapes)) or self.parameters.shape != (shape.num_components,
+        if stored != list(zip(layout.names, layout.shapes)) or self.parameters.shape != (model.num_components,
                                                                                           layout.per_component):
             raise UserError(f"{self.path}: the saved model's layout does not match this version's VAE "
                             f"(stored {len(stored)} tensors, parameters {self.parameters.shape})")
         matrix = torch.as_tensor(self.parameters, device=device).unsqueeze(0)
-        return layout.unflatten(matrix), shape
+        return layout.unflatten(matrix), model
 
     @torch.no_grad()
     def sample_images(self, per_component: int, seed: int = 0) -> np.ndarray:
-        """[K, n, D] pixel means sigmoid(decoder(z)), z ~ N(0, I): what each inherent distribution
-        looks like to its VAE."""
-        params, shape = self.vae()
+        """[K, n, D] means of p(x | z) (sigmoid of the logits, or the Gaussian's means), z ~ N(0, I):
+        what each inherent distribution looks like to its VAE."""
+        params, model = self.vae()
         generator = torch.Generator().manual_seed(seed)
-        z = torch.randn(1, 1, shape.num_components, per_component, shape.latent, generator=generator)
-        return torch.sigmoid(vae.decode(params, z))[0, 0].numpy()
+        z = torch.randn(1, 1, model.num_components, per_component, model.latent, generator=generator)
+        return model.decode_mean(params, z)[0, 0].numpy()
 
 
 def read_model(path: str | Path) -> SavedModel:

@@ -9,8 +9,10 @@ batch.
 
 Likelihood: each pixel is Bernoulli with mean sigmoid(decoder logits), evaluated at the pixel
 intensity scaled to [0, 1] (the "continuous targets" Bernoulli used throughout the VAE
-literature on grey-level digits). All components share this form, so the ratios
-p_k(x) / p_j(x) that the E-step needs are comparable across components.
+literature on grey-level digits); or, with ``likelihood="gaussian"`` (real-valued features),
+N(x_d; decoder output_d, exp(out_logvar_d)) with a learned per-component, per-dimension
+log-variance ``out_logvar`` [1, D], the last tensor of the layout. All components share one form,
+so the ratios p_k(x) / p_j(x) that the E-step needs are comparable across components.
 
 Classifier head: a linear softmax layer on the encoder's last hidden layer of the same
 component, so p_k(y|x) shares the encoder trunk with the density model q_k(z|x). The ELBO stays
@@ -21,11 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 LOG_2PI = math.log(2 * math.pi)
+LOGVAR_BOUND = 7.0  # the Gaussian likelihood's log-variance is bound * tanh(raw / bound): std in (0.03, 33)
 Params = dict[str, torch.Tensor]  # name -> [G, K, *shape]
 
 
@@ -36,6 +40,7 @@ class VAEShape:
     num_classes: int
     hidden: int = 128
     latent: int = 8
+    likelihood: str = "bernoulli"  # or "gaussian": adds the out_logvar tensor [1, input_dim]
 
 
 def _layers(shape: VAEShape) -> list[tuple[str, int, int]]:
@@ -85,11 +90,22 @@ class StackedLayout:
 
 
 class ParamLayout(StackedLayout):
-    """The K VAEs' layout."""
+    """The K VAEs' layout; a Gaussian likelihood appends ``out_logvar`` [1, D] (initialised to 0)."""
 
     def __init__(self, shape: VAEShape):
         super().__init__(_layers(shape), shape.num_components)
         self.shape = shape
+        if shape.likelihood == "gaussian":
+            self.names.append("out_logvar")
+            self.shapes.append((1, shape.input_dim))
+            self.sizes.append(shape.input_dim)
+            self.per_component += shape.input_dim
+
+    def init_matrix(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        matrix = super().init_matrix(generator)
+        if self.shape.likelihood == "gaussian":
+            matrix = torch.cat([matrix, torch.zeros(self.num_components, self.shape.input_dim)], dim=1)
+        return matrix
 
 
 def init_matrix(shape: VAEShape, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -133,12 +149,43 @@ def log_bernoulli(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
 
+def output_logvar(params: Params) -> torch.Tensor:
+    """The Gaussian likelihood's log-variance [G, K, 1, D], softly bounded to (-LOGVAR_BOUND, LOGVAR_BOUND)
+    (tanh: the gradient never vanishes, so a bound reached early can be left again)."""
+    return LOGVAR_BOUND * torch.tanh(params["out_logvar"] / LOGVAR_BOUND)
+
+
+def log_gaussian(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, exp(logvar)) summed over the features: x [G, B, D], mean [G, S, K, B, D],
+    logvar [G, K, 1, D] -> [G, S, K, B]."""
+    logvar = logvar.unsqueeze(1)
+    return -0.5 * ((x[:, None, None] - mean).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+
+
+def log_likelihood(params: Params, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """log p(x | z) [G, S, K, B] from the decoder's output [G, S, K, B, D]: Bernoulli(sigmoid(out)),
+    or N(out, exp(out_logvar)) when the parameters hold an ``out_logvar`` (likelihood="gaussian")."""
+    if "out_logvar" in params:
+        return log_gaussian(x, out, output_logvar(params))
+    return log_bernoulli(x, out)
+
+
+Encoder = Callable[[Params, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+Decoder = Callable[[Params, torch.Tensor], torch.Tensor]
+
+
 def elbo(params: Params, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One-sample ELBO [G, K, B] (reparameterised with noise [G, K, B, Z], analytic KL) and class
     logits [G, K, B, C]."""
-    mu, logvar, h = encode(params, x)
+    return elbo_of(encode, decode, params, x, noise)
+
+
+def elbo_of(encoder: Encoder, decoder: Decoder, params: Params, x: torch.Tensor,
+            noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``elbo`` for any encoder and decoder with this module's shapes (models/conv_vae.py's too)."""
+    mu, logvar, h = encoder(params, x)
     z = mu + noise * torch.exp(0.5 * logvar)
-    rec = log_bernoulli(x, decode(params, z.unsqueeze(1))).squeeze(1)
+    rec = log_likelihood(params, x, decoder(params, z.unsqueeze(1))).squeeze(1)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
     return rec - kl, class_logits(params, h)
 
@@ -149,13 +196,20 @@ def iw_log_likelihood(params: Params, x: torch.Tensor, noise: torch.Tensor,
     """Importance-weighted bound log (1/S) sum_s p(x, z_s) / q(z_s | x) [G, K, B] with noise
     [G, S, K, B, Z]; >= the ELBO in expectation and tightening as S grows. Samples are processed
     ``chunk`` at a time so memory stays bounded. Also the class logits [G, K, B, C]."""
-    mu, logvar, h = encode(params, x)
+    return iw_log_likelihood_of(encode, decode, params, x, noise, chunk)
+
+
+@torch.no_grad()
+def iw_log_likelihood_of(encoder: Encoder, decoder: Decoder, params: Params, x: torch.Tensor, noise: torch.Tensor,
+                         chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """``iw_log_likelihood`` for any encoder and decoder with this module's shapes."""
+    mu, logvar, h = encoder(params, x)
     std = torch.exp(0.5 * logvar)
     log_weights = []
     for start in range(0, noise.shape[1], chunk):
         eps = noise[:, start:start + chunk]
         z = mu.unsqueeze(1) + eps * std.unsqueeze(1)  # [G, s, K, B, Z]
-        log_px = log_bernoulli(x, decode(params, z))
+        log_px = log_likelihood(params, x, decoder(params, z))
         log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
         log_qz = -0.5 * (eps.pow(2) + LOG_2PI + logvar.unsqueeze(1)).sum(-1)
         log_weights.append(log_px + log_pz - log_qz)

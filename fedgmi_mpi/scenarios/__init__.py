@@ -10,7 +10,7 @@ def build(config: Config) -> Scenario:
         from . import npz_file
 
         return npz_file.load(s.path, seed=config.seed, num_components=s.num_components,
-                             unseen_clients=s.unseen_clients)
+                             unseen_clients=s.unseen_clients, unit_range=config.model.likelihood != "gaussian")
     if s.name in ("transforms", "label_groups", "sources"):
         from . import mixture
 

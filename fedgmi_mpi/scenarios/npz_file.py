@@ -1,7 +1,8 @@
 """A user's own federated data set from one ``.npz`` file (loaded with allow_pickle=False).
 
 Arrays (N samples):
-  x          float [N, D]  features in [0, 1] (the Bernoulli likelihood needs that range)
+  x          float [N, D]  features in [0, 1] (the Bernoulli likelihood needs that range; any finite
+                           values with model.likelihood=gaussian)
   y          int   [N]     class labels 0..C-1
   client     int   [N]     client id 0..n-1 of each sample
   test       bool  [N]     optional: True marks a test sample; default: a seeded 20% per client
@@ -33,9 +34,10 @@ def _array(data, name: str, path: str, required: bool = True) -> np.ndarray | No
 
 
 def read_arrays(path: str, required: tuple[str, ...] = ("x", "y", "client"),
-                num_components: int | None = None) -> dict[str, np.ndarray]:
-    """The file's arrays of the format above, checked (shapes, integer ids, x in [0, 1]); an
-    optional array that is absent is missing from the result. Bad files raise UserError."""
+                num_components: int | None = None, unit_range: bool = True) -> dict[str, np.ndarray]:
+    """The file's arrays of the format above, checked (shapes, integer ids, x finite and, with
+    ``unit_range``, in [0, 1]); an optional array that is absent is missing from the result. Bad
+    files raise UserError."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"data file not found: {path}")
@@ -58,8 +60,10 @@ def read_arrays(path: str, required: tuple[str, ...] = ("x", "y", "client"),
         arr = arrays.get(name)
         if arr is not None and (not np.issubdtype(arr.dtype, np.integer) or (n and arr.min() < 0)):
             raise UserError(f"{path}: {name} must hold non-negative integers")
-    if not np.all(np.isfinite(x)) or (n and (x.min() < 0 or x.max() > 1)):
-        raise UserError(f"{path}: x must be finite and scaled to [0, 1] (got range {x.min():g}..{x.max():g})")
+    if not np.all(np.isfinite(x)) or (n and unit_range and (x.min() < 0 or x.max() > 1)):
+        raise UserError(f"{path}: x must be finite and scaled to [0, 1] (got range {x.min():g}..{x.max():g}; "
+                        "real-valued features need model.likelihood=gaussian)" if unit_range else
+                        f"{path}: x must be finite")
     if not n:
         raise UserError(f"{path}: no samples")
     component = arrays.get("component")
@@ -68,8 +72,10 @@ def read_arrays(path: str, required: tuple[str, ...] = ("x", "y", "client"),
     return arrays
 
 
-def load(path: str, seed: int, num_components: int, unseen_clients: int, test_fraction: float = 0.2) -> Scenario:
-    arrays = read_arrays(path, num_components=num_components)
+def load(path: str, seed: int, num_components: int, unseen_clients: int, test_fraction: float = 0.2,
+         unit_range: bool = True) -> Scenario:
+    """``unit_range``: x must lie in [0, 1] (the Bernoulli likelihood; false for a Gaussian one)."""
+    arrays = read_arrays(path, num_components=num_components, unit_range=unit_range)
     x, y, client = arrays["x"], arrays["y"], arrays["client"]
     test, component, proportions = arrays.get("test"), arrays.get("component"), arrays.get("proportions")
     file = Path(path)

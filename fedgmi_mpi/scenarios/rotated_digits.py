@@ -91,4 +91,5 @@ def build(
         num_classes=10,
         input_dim=64,
         description=f"load_digits under {num_components} rotations, Dirichlet({dirichlet_alpha}) mixtures",
+        metadata={"image_shape": (8, 8)},
     )
