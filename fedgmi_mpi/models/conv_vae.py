@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import vae
-from .vae import Params, _linear
+from .vae import NamedRows, Params, _linear
 
 KERNEL = 4
 # NHWC activations: CPU grouped (transposed) convolutions run about a third faster than in NCHW
@@ -74,7 +74,7 @@ def _tensors(shape: ConvVAEShape) -> list[tuple[str, tuple[int, ...], int]]:
     return out
 
 
-class ConvLayout:
+class ConvLayout(NamedRows):
     """The K convolutional VAEs' layout: like vae.StackedLayout (row k of a [..., K, P] matrix is
     component k), with tensors of any rank. ``layers``: (name, kind, in, out) of each layer, for
     the log's description."""
@@ -93,17 +93,6 @@ class ConvLayout:
                        ("mu", "linear", h, z), ("logvar", "linear", h, z), ("dec", "linear", z, f),
                        ("deconv1", "conv_transpose", 2 * c, c), ("deconv2", "conv_transpose", c, 1),
                        ("cls", "linear", h, shape.num_classes)]
-
-    def unflatten(self, matrix: torch.Tensor) -> Params:
-        """[G, K, P] -> named views [G, K, *shape]."""
-        lead = matrix.shape[:-1]
-        return {name: chunk.reshape(*lead, *shape)
-                for name, shape, chunk in zip(self.names, self.shapes, torch.split(matrix, self.sizes, dim=-1))}
-
-    def flatten(self, params: Params) -> torch.Tensor:
-        first = params[self.names[0]]
-        lead = first.shape[:first.dim() - len(self.shapes[0])]
-        return torch.cat([params[name].reshape(*lead, -1) for name in self.names], dim=-1)
 
     def init_matrix(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """[K, P] float32: PyTorch's default init of each layer, U(-1/sqrt(fan_in), 1/sqrt(fan_in))

@@ -51,10 +51,29 @@ def _layers(shape: VAEShape) -> list[tuple[str, int, int]]:
     ]
 
 
-class StackedLayout:
-    """Flattens the parameters of K stacked networks component-major: row k of a [..., K, P]
-    matrix holds component k's parameters, so per-component weighting and aggregation are row
-    operations. ``layers``: (name, fan_in, fan_out) of each linear layer."""
+class NamedRows:
+    """Named tensors laid out component-major in flat rows: row k of a [..., K, P] matrix holds
+    component k's parameters, so per-component weighting and aggregation are row operations.
+    Subclasses set ``names``, ``shapes`` and ``sizes``."""
+
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    sizes: list[int]
+
+    def unflatten(self, matrix: torch.Tensor) -> Params:
+        """[G, K, P] -> named views [G, K, *shape]."""
+        lead = matrix.shape[:-1]
+        return {name: chunk.reshape(*lead, *shape)
+                for name, shape, chunk in zip(self.names, self.shapes, torch.split(matrix, self.sizes, dim=-1))}
+
+    def flatten(self, params: Params) -> torch.Tensor:
+        first = params[self.names[0]]
+        lead = first.shape[:first.dim() - len(self.shapes[0])]
+        return torch.cat([params[name].reshape(*lead, -1) for name in self.names], dim=-1)
+
+
+class StackedLayout(NamedRows):
+    """K stacked MLPs. ``layers``: (name, fan_in, fan_out) of each linear layer."""
 
     def __init__(self, layers: list[tuple[str, int, int]], num_components: int):
         self.layers = layers
@@ -65,17 +84,6 @@ class StackedLayout:
         self.sizes = [math.prod(s) for s in self.shapes]
         self.num_components = num_components
         self.per_component = sum(self.sizes)
-
-    def unflatten(self, matrix: torch.Tensor) -> Params:
-        """[G, K, P] -> named views [G, K, *shape]."""
-        lead = matrix.shape[:-1]
-        return {name: chunk.reshape(*lead, *shape)
-                for name, shape, chunk in zip(self.names, self.shapes, torch.split(matrix, self.sizes, dim=-1))}
-
-    def flatten(self, params: Params) -> torch.Tensor:
-        first = params[self.names[0]]
-        lead = first.shape[:-2]
-        return torch.cat([params[name].reshape(*lead, -1) for name in self.names], dim=-1)
 
     def init_matrix(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """[K, P] float32: nn.Linear's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), per component."""

@@ -16,6 +16,7 @@ transformed copy of a training one; everything a client holds is drawn from its 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,12 +172,12 @@ def _draw(pools: list[Pool], part: str, z: np.ndarray, shared: bool, classes: in
     return x, y
 
 
-def build(s: ScenarioConfig, seed: int) -> Scenario:
-    pools, classes, description, shared = _pools(s, seed)
-    k = len(pools)
-    if k != s.num_components:
-        raise UserError(f"scenario.components lists {k} components but scenario.num_components={s.num_components}; "
-                        f"set scenario.num_components={k}")
+def draw_clients(s: ScenarioConfig, seed: int, k: int,
+                 samples: Callable[[np.random.Generator, np.ndarray, str], tuple[np.ndarray, np.ndarray]]
+                 ) -> tuple[list[ClientData], str]:
+    """Every client from its own stream: proportions (Dirichlet, or the file's row), size, each
+    sample's component, then ``samples(rng, components, "train" | "test")``. Also says how the
+    clients mix."""
     total = s.num_clients + s.unseen_clients
     given = read_proportions(s.proportions_path, total, k) if s.proportions_path else None
     clients = []
@@ -186,12 +187,22 @@ def build(s: ScenarioConfig, seed: int) -> Scenario:
         n_train = client_size(s, rng)
         z_train = rng.choice(k, size=n_train, p=proportions)
         z_test = rng.choice(k, size=s.test_samples_per_client, p=proportions)
-        x_train, y_train = _draw(pools, "train", z_train, shared, classes, rng)
-        x_test, y_test = _draw(pools, "test", z_test, shared, classes, rng)
+        x_train, y_train = samples(rng, z_train, "train")
+        x_test, y_test = samples(rng, z_test, "test")
         clients.append(ClientData(cid, x_train, y_train, x_test, y_test, seen=cid < s.num_clients,
                                   true_components_train=z_train.astype(np.int64),
                                   true_components_test=z_test.astype(np.int64), true_proportions=proportions))
     mixing = f"proportions from {s.proportions_path}" if given is not None else f"Dirichlet({s.dirichlet_alpha}) mixtures"
+    return clients, mixing
+
+
+def build(s: ScenarioConfig, seed: int) -> Scenario:
+    pools, classes, description, shared = _pools(s, seed)
+    k = len(pools)
+    if k != s.num_components:
+        raise UserError(f"scenario.components lists {k} components but scenario.num_components={s.num_components}; "
+                        f"set scenario.num_components={k}")
+    clients, mixing = draw_clients(s, seed, k, lambda rng, z, part: _draw(pools, part, z, shared, classes, rng))
     return Scenario(name=s.name, clients=clients, num_components=k, num_classes=classes,
                     input_dim=pools[0].train[0].shape[1], description=f"{description}, {mixing}",
                     metadata={"image_shape": pools[0].image_shape} if pools[0].image_shape else {})

@@ -18,8 +18,8 @@ import numpy as np
 from .. import rng as rngs
 from ..config import ScenarioConfig
 from ..errors import UserError
-from .base import ClientData, Scenario
-from .mixture import client_size, read_proportions
+from .base import Scenario
+from .mixture import draw_clients
 
 
 def mixture_parameters(s: ScenarioConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,22 +58,11 @@ def build(s: ScenarioConfig, seed: int) -> Scenario:
         raise UserError("scenario.synthetic_dim must be >= 1 and scenario.synthetic_modes >= 2 (labels are the modes)")
     means, scales = mixture_parameters(s, seed)
     k = s.num_components
-    total = s.num_clients + s.unseen_clients
-    given = read_proportions(s.proportions_path, total, k) if s.proportions_path else None
-    clients = []
-    for cid in range(total):
-        rng = rngs.numpy_rng(seed, rngs.SCENARIO, cid)
-        proportions = given[cid] if given is not None else rng.dirichlet(np.full(k, s.dirichlet_alpha))
-        n_train = client_size(s, rng)
-        z_train = rng.choice(k, size=n_train, p=proportions)
-        z_test = rng.choice(k, size=s.test_samples_per_client, p=proportions)
-        x_train, y_train = _samples(rng, z_train, means, scales)
-        x_test, y_test = _samples(rng, z_test, means, scales)
-        clients.append(ClientData(cid, x_train, y_train, x_test, y_test, seen=cid < s.num_clients,
-                                  true_components_train=z_train, true_components_test=z_test, true_proportions=proportions,
-                                  exact_log_density_train=log_densities(x_train.astype(np.float64), means, scales)))
+    clients, mixing = draw_clients(s, seed, k, lambda rng, z, part: _samples(rng, z, means, scales))
+    for client in clients:  # evaluation only, like every true_* field
+        client.exact_log_density_train = log_densities(client.x_train.astype(np.float64), means, scales)
     return Scenario(name="synthetic", clients=clients, num_components=k, num_classes=s.synthetic_modes,
                     input_dim=s.synthetic_dim,
                     description=(f"synthetic: {k} Gaussian mixtures of {s.synthetic_modes} modes in {s.synthetic_dim} "
-                                 f"dimensions (separation {s.synthetic_separation}), Dirichlet({s.dirichlet_alpha}) mixtures"),
+                                 f"dimensions (separation {s.synthetic_separation}), {mixing}"),
                     metadata={"exact_densities": True, "real_valued": True})
