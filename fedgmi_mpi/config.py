@@ -158,20 +158,48 @@ def _field_types(obj: Any) -> dict[str, type]:
     return {f.name: _SCALARS[f.type] for f in dataclasses.fields(obj) if f.type in _SCALARS}
 
 
+def known_keys(config: Config | None = None) -> list[str]:
+    """Every settable key, e.g. "algorithm.rounds" and "seed"."""
+    config = config or Config()
+    keys = [f.name for f in dataclasses.fields(config) if f.type in _SCALARS]
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if dataclasses.is_dataclass(value):
+            keys += [f"{section.name}.{name}" for name in _field_types(value)]
+    return keys
+
+
+def _unknown_key(key: str) -> str:
+    """The error for a key that does not exist, with the nearest real one: the same name in
+    another section (scenario.rounds -> algorithm.rounds), a typo of a field of the same section,
+    or a typo of the whole key."""
+    import difflib
+
+    keys = known_keys()
+    section, _, name = key.rpartition(".")
+    guesses = [k for k in keys if k.rpartition(".")[2] == name]
+    if not guesses:
+        fields = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == section]
+        guesses = [f"{section}.{f}" if section else f for f in difflib.get_close_matches(name, fields, n=1, cutoff=0.75)]
+    if not guesses:
+        guesses = difflib.get_close_matches(key, keys, n=1, cutoff=0.85)
+    return f"unknown config key {key!r}" + (f"; did you mean {guesses[0]!r}?" if guesses else "")
+
+
 def apply(config: Config, key: str, value: Any) -> None:
     """Set ``section.key`` (or a top-level key such as ``seed``) with type checking."""
     parts = key.split(".")
     target: Any = config
     for part in parts[:-1]:
         if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
-            raise UserError(f"unknown config key {key!r}")
+            raise UserError(_unknown_key(key))
         target = getattr(target, part)
         if not dataclasses.is_dataclass(target):
-            raise UserError(f"unknown config key {key!r}")
+            raise UserError(_unknown_key(key))
     name = parts[-1]
     types = _field_types(target)
     if name not in types:
-        raise UserError(f"unknown config key {key!r}")
+        raise UserError(_unknown_key(key))
     setattr(target, name, _coerce(key, value, types[name]))
 
 

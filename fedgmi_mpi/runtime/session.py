@@ -132,6 +132,9 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
         transport = loop.SerialTransport()
     observer = None
     if rank == 0:
+        if size - 1 > len(scenario.clients):  # it runs (the idle ranks only wait, without burning a core); say so
+            click.echo(f"note: {size - 1} worker ranks for {len(scenario.clients)} clients: "
+                       f"{size - 1 - len(scenario.clients)} rank(s) will hold no client and stay idle", err=True)
         if not quiet:
             hosted = "all clients in-process" if size == 1 else f"{size - 1} worker rank(s)"
             click.echo(f"fedgmi {algorithm.name}: {scenario.description}; {len(scenario.clients)} clients on "

@@ -41,6 +41,8 @@ def read_arrays(path: str, required: tuple[str, ...] = ("x", "y", "client"),
     file = Path(path)
     if not file.is_file():
         raise UserError(f"data file not found: {path}")
+    if not zipfile.is_zipfile(file):  # np.load would take anything else for a pickle, and refuse it confusingly
+        raise UserError(f"{path} is not a readable .npz file (not a zip archive: truncated, or another format?)")
     try:
         data = np.load(file, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -60,7 +62,9 @@ def read_arrays(path: str, required: tuple[str, ...] = ("x", "y", "client"),
         arr = arrays.get(name)
         if arr is not None and (not np.issubdtype(arr.dtype, np.integer) or (n and arr.min() < 0)):
             raise UserError(f"{path}: {name} must hold non-negative integers")
-    if not np.all(np.isfinite(x)) or (n and unit_range and (x.min() < 0 or x.max() > 1)):
+    if not np.all(np.isfinite(x)):
+        raise UserError(f"{path}: x holds {int((~np.isfinite(x)).sum())} NaN or infinite values")
+    if n and unit_range and (x.min() < 0 or x.max() > 1):
         raise UserError(f"{path}: x must be finite and scaled to [0, 1] (got range {x.min():g}..{x.max():g}; "
                         "real-valued features need model.likelihood=gaussian)" if unit_range else
                         f"{path}: x must be finite")
