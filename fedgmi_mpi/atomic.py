@@ -28,7 +28,10 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
         write(temporary)
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        try:
+            os.link(temporary, target)  # unlike a rename, fails if the target appeared meanwhile
+        except FileExistsError:
+            raise UserError(f"{target} exists; choose another name (nothing is overwritten)") from None
     finally:
         temporary.unlink(missing_ok=True)
     dir_fd = os.open(target.parent, os.O_RDONLY)

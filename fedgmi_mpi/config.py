@@ -253,6 +253,8 @@ def validate(config: Config) -> None:
     _require(0 < s.test_fraction < 1, "scenario.test_fraction must be in (0, 1)")
     _require(s.synthetic_dim >= 1 and s.synthetic_modes >= 2, "scenario.synthetic_dim must be >= 1, synthetic_modes >= 2")
     _require(s.synthetic_separation > 0, "scenario.synthetic_separation must be > 0")
+    _require(s.name != "synthetic" or getattr(m, "likelihood", "bernoulli") == "gaussian",
+             "scenario.name=synthetic has real-valued features: set model.likelihood=gaussian")
     _require(s.name != "npz" or bool(s.path), "scenario.path must name an .npz file when scenario.name=npz")
     _require(s.num_clients >= 1, "scenario.num_clients must be >= 1")
     _require(s.unseen_clients >= 0, "scenario.unseen_clients must be >= 0")

@@ -150,8 +150,9 @@ def test_synthetic_densities_are_exact():
     from scipy.stats import multivariate_normal
 
     scenario = build("scenario.name=synthetic", "scenario.num_components=3", "scenario.synthetic_dim=5",
-                     "scenario.num_clients=3", "scenario.unseen_clients=1")
-    s = config_mod.load(None, ["scenario.name=synthetic", "scenario.num_components=3", "scenario.synthetic_dim=5"]).scenario
+                     "scenario.num_clients=3", "scenario.unseen_clients=1", "model.likelihood=gaussian")
+    s = config_mod.load(None, ["scenario.name=synthetic", "scenario.num_components=3", "scenario.synthetic_dim=5",
+                               "model.likelihood=gaussian"]).scenario
     means, scales = synthetic.mixture_parameters(s, 0)
     client = scenario.clients[1]
     for i in range(5):

@@ -71,6 +71,8 @@ def parse_clients(text: str | None, available: np.ndarray) -> np.ndarray:
             chosen += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
     except ValueError:
         raise UserError(f"--clients must be ids and ranges like 3,5-7, got {text!r}") from None
+    if not chosen:
+        raise UserError(f"--clients {text!r} names no client (a range is low-high, e.g. 3-7)")
     missing = sorted(set(chosen) - set(available.tolist()))
     if missing:
         raise UserError(f"--clients: no samples for client(s) {missing[:5]} in the data file")

@@ -3,6 +3,7 @@ rebuilt for inference and for drawing samples, on CPU and without MPI."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,15 +75,23 @@ def read_model(path: str | Path) -> SavedModel:
             raise UserError(f"{resolved} holds no saved model (written before fedgmi saved models in the log, "
                             "or not a fedgmi log)")
         group = file["model"]
-        for name in ("round", "parameters", "control", "control_length", "train_round"):
+        for _ in range(50):  # a live run may be rewriting the model: read until its round vouches for it
+            for name in ("round", "parameters", "control", "control_length", "train_round"):
+                if file.swmr_mode:
+                    group[name].refresh()
+            round_index = int(group["round"][0])
+            parameters = group["parameters"][()]
+            length = int(group["control_length"][0])
+            control = group["control"][:length]
             if file.swmr_mode:
-                group[name].refresh()
-        round_index = int(group["round"][0])
+                group["round"].refresh()
+            if round_index >= 0 and int(group["round"][0]) == round_index:
+                break
+            if round_index < 0 and not np.isfinite(parameters).all():  # never written: no evaluation yet
+                break
+            time.sleep(0.1)
         if round_index < 0:
             raise UserError(f"{resolved} holds no model yet: no evaluation round has run")
-        parameters = group["parameters"][()]
-        length = int(group["control_length"][0])
-        control = group["control"][:length]
         train_round = int(group["train_round"][0])
         description = json.loads(group.attrs["description"])
         config = json.loads(file.attrs.get("config", "{}"))
@@ -90,12 +99,14 @@ def read_model(path: str | Path) -> SavedModel:
         max_train = int(file["clients/num_train"][()].max())
         max_test = int(file["clients/num_test"][()].max())
         matching = None
-        if "evaluate/summary/permutation" in file:
-            rows = file["evaluate/summary/permutation"]
+        if "evaluate/summary/permutation" in file:  # the matching of the evaluation that used this model
+            rows, rounds = file["evaluate/summary/permutation"], file["evaluate/round"]
             if file.swmr_mode:
                 rows.refresh()
-            if len(rows) and rows[-1].min() >= 0:
-                matching = rows[-1].astype(np.int64)
+                rounds.refresh()
+            same = np.flatnonzero(rounds[: len(rows)] == round_index)
+            if len(same) and rows[same[-1]].min() >= 0:
+                matching = rows[same[-1]].astype(np.int64)
     if not np.all(np.isfinite(parameters)):
         raise UserError(f"{resolved}: the saved model has non-finite parameters")
     return SavedModel(resolved, description, parameters, control, round_index, train_round, config, seed, max_train, max_test,

@@ -79,6 +79,17 @@ def _read_arrays(file: h5py.File) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _align_rows(arrays: dict[str, np.ndarray], groups: list[str]) -> None:
+    """A run that is writing flushes a round dataset by dataset: a reader may see one more row in
+    some than in others. Keep the rows every dataset of a group has."""
+    for group in groups:
+        names = [name for name in arrays if name.startswith(group + "/") and arrays[name].ndim >= 1]
+        if names:
+            rows = min(len(arrays[name]) for name in names)
+            for name in names:
+                arrays[name] = arrays[name][:rows]
+
+
 @dataclass
 class Run:
     path: Path
@@ -334,6 +345,8 @@ def load(path: str | Path) -> Run:
         attrs = {key: _decode(value) for key, value in file.attrs.items()}
         arrays = _read_arrays(file)
         arrays["_phases"] = json.loads(file["rounds/phase"].attrs["phases"])
+        if resolved.suffix == ".partial":
+            _align_rows(arrays, ["rounds", *arrays["_phases"]])
         events = [_decode(e) for e in arrays.get("events", [])]
     complete = resolved.suffix != ".partial" and int(arrays["status"][0]) == 1
     config = json.loads(attrs.get("config", "{}"))

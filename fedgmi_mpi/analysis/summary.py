@@ -42,8 +42,8 @@ def summarize(metrics: dict[str, np.ndarray], scenario: Scenario) -> dict[str, f
         if mask.any():
             out["assignment_accuracy" + suffix] = assignment_accuracy(metrics["confusion"][mask].sum(0), perm)
             out["proportion_mae" + suffix] = proportion_mae(metrics["proportions"][mask], actual[mask], perm)
-    exact = scenario.exact_responsibilities()
-    if exact is not None and "responsibilities" in metrics:
+    exact = scenario.exact_responsibilities() if "responsibilities" in metrics else None
+    if exact is not None:
         for suffix, mask in (("", seen), ("_unseen", unseen)):
             if mask.any():
                 scores = responsibility_agreement(metrics["responsibilities"][mask], exact[mask], perm)

@@ -45,6 +45,7 @@ class Scenario:
     input_dim: int
     description: str = ""
     metadata: dict = field(default_factory=dict)
+    _exact: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # computed once
 
     @property
     def has_truth(self) -> bool:
@@ -57,14 +58,15 @@ class Scenario:
     def exact_responsibilities(self) -> np.ndarray | None:
         """[clients, largest client, K] r_ik ∝ pi_ck p_k(x_i) under the true proportions, NaN past
         each client's samples (synthetic scenarios with known densities; evaluation only)."""
-        if not self.has_exact_densities:
-            return None
+        if self._exact is not None or not self.has_exact_densities:
+            return self._exact
         from .synthetic import exact_responsibilities
 
         longest = max(c.num_train for c in self.clients)
         out = np.full((len(self.clients), longest, self.num_components), np.nan)
         for i, c in enumerate(self.clients):
             out[i, : c.num_train] = exact_responsibilities(c.exact_log_density_train, c.true_proportions)
+        self._exact = out
         return out
 
     def true_proportions(self) -> np.ndarray | None:

@@ -79,6 +79,9 @@ def _pools(s: ScenarioConfig, seed: int) -> tuple[list[Pool], int, str, bool]:
             spec, _, chain_text = item.partition("|")
             chain = parse_chain(chain_text, f"scenario.components (component {k})") if chain_text.strip() else ()
             data = load_base(spec.strip())
+            if needs_images([chain]) and data.image_shape is None:
+                raise UserError(f"scenario.components (component {k}): rotate, flip, blur and shift need images, and "
+                                f"{data.description} has flat features")
             train, test = _split(data, s.test_fraction, split_rng)
             pools.append(Pool((data.x[train], data.y[train]), (data.x[test], data.y[test]), chain, data.image_shape))
             names.append(data.description + (f" | {describe(chain)}" if chain else ""))
@@ -127,6 +130,8 @@ def read_proportions(path: str, clients: int, k: int) -> np.ndarray:
     file = Path(path)
     if not file.is_file():
         raise UserError(f"scenario.proportions_path: file not found: {path}")
+    if file.suffix not in (".npy", ".csv"):
+        raise UserError(f"scenario.proportions_path: expected a .npy or .csv file, got {path}")
     try:
         values = np.loadtxt(file, delimiter=",", ndmin=2) if file.suffix == ".csv" else np.load(file, allow_pickle=False)
     except (OSError, ValueError) as exc:

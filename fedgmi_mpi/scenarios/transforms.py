@@ -148,8 +148,9 @@ def _permute(args, x, y, shape, classes, rng):
 
 def _relabel(args, x, y, shape, classes, rng):
     mapping = np.array([int(a) for a in args], dtype=np.int64)
-    if len(mapping) < classes:
-        raise UserError(f"relabel lists {len(mapping)} labels but the data has {classes} classes")
+    if len(mapping) < classes or mapping.min() < 0 or mapping.max() >= classes:
+        raise UserError(f"relabel must list {classes} labels in 0..{classes - 1}, got {len(mapping)}: "
+                        f"{','.join(map(str, mapping))}")
     return x, mapping[y]
 
 
