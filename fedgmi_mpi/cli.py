@@ -175,7 +175,9 @@ def infer(log_path: str, data: str, out: str | None, clients: str | None, level:
 @click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0.05), help="Seconds between looks.")
 @click.option("--once", is_flag=True, help="Print where the run stands and return.")
 @click.option("--timeout", default=None, type=click.FloatRange(0), help="Stop watching after this many seconds.")
-def watch(log: str, interval: float, once: bool, timeout: float | None) -> None:
+@click.option("--give-up", default=1800.0, show_default=True, type=click.FloatRange(0),
+              help="Exit 2 after this many seconds without a new round (a dead run).")
+def watch(log: str, interval: float, once: bool, timeout: float | None, give_up: float) -> None:
     """Follow a running job's log (LOG.h5 or its .partial) until the run ends, then summarise it."""
     from .analysis import tables
     from .analysis import watch as watch_mod
@@ -184,7 +186,8 @@ def watch(log: str, interval: float, once: bool, timeout: float | None) -> None:
     if once:
         click.echo(watch_mod.format_snapshot(watch_mod.snapshot(log)))
         return
-    state = watch_mod.watch(log, interval, click.echo, timeout=timeout)
+    state = watch_mod.watch(log, interval, click.echo, timeout=timeout, stale_after=min(300.0, give_up / 2),
+                            give_up_after=give_up)
     if state["complete"]:
         click.echo("run complete:")
         click.echo(tables.format_text(tables.headline(load(state["log"]))))

@@ -209,6 +209,17 @@ def test_watch_follows_a_live_mpi_job(tmp_path):
     assert "proportion MAE vs actual counts" in watched.stdout
 
 
+def test_watch_gives_up_on_a_dead_run(logs, tmp_path):
+    dead = tmp_path / "dead.h5.partial"
+    shutil.copy(logs["fedgmi"], dead)
+    with h5py.File(dead, "r+") as f:
+        f["status"][0] = 0  # as a run that died mid-way leaves it
+    started = time.monotonic()
+    result = run_cli(["watch", str(tmp_path / "dead.h5"), "--interval", "0.2", "--give-up", "2"])
+    assert result.returncode == 2 and "the run seems to have died" in result.stderr, result.stderr
+    assert "train 4/4" in result.stdout and time.monotonic() - started < 60
+
+
 def test_watch_once_and_a_missing_log(logs, tmp_path):
     once = run_cli(["watch", str(logs["fedgmi"]), "--once"])
     assert once.returncode == 0 and "train 4/4" in once.stdout

@@ -76,11 +76,11 @@ def _fmt(value: float | None) -> str:
 
 
 def watch(path: str | Path, interval: float, echo: Callable[[str], None], stale_after: float = 300.0,
-          timeout: float | None = None, appear_within: float = 120.0) -> dict[str, Any]:
+          timeout: float | None = None, appear_within: float = 120.0, give_up_after: float = 1800.0) -> dict[str, Any]:
     """Print a line whenever the run moves on; return its last snapshot once it has ended (or
     after ``timeout`` seconds). Waits ``appear_within`` seconds for the log to appear. Says so
-    once if nothing has moved for ``stale_after`` seconds: a run that died leaves its
-    ``.partial`` as it was."""
+    once if nothing has moved for ``stale_after`` seconds (a run that died leaves its ``.partial``
+    as it was) and gives up, raising UserError, after ``give_up_after`` seconds without a new round."""
     started = last_change = time.monotonic()
     shown, warned = None, False
     while True:
@@ -103,6 +103,9 @@ def watch(path: str | Path, interval: float, echo: Callable[[str], None], stale_
         if not warned and now - last_change > stale_after:
             echo(f"note: no new round for {now - last_change:.0f} s; the run may have died (its .partial stays readable)")
             warned = True
+        if now - last_change > give_up_after:
+            raise UserError(f"no new round in {state['log']} for {now - last_change:.0f} s: the run seems to have died "
+                            f"(its log stays readable: fedgmi analyze {state['log']})")
         if timeout is not None and now - started > timeout:
             return state
         time.sleep(interval)

@@ -53,8 +53,11 @@ class Observer:
         model = record.broadcast.model
         if phase == "evaluate" and model is not None and "model" in self.log.file:
             payload = record.broadcast.payload
-            control = payload if len(payload) <= len(self.log.file["model/control"]) else payload[:0]
-            self.log.save_model(record.broadcast.round, self.train_rounds, model, control)
+            if len(payload) > len(self.log.file["model/control"]):  # the declared maximum was wrong: say so
+                self.log.event(f"round {record.broadcast.round}: the control payload ({len(payload)} values) exceeds "
+                               f"/model/control; the saved model has none")
+                payload = payload[:0]
+            self.log.save_model(record.broadcast.round, self.train_rounds, model, payload)
         for event in record.aggregated.events:
             self.log.event(event)
             self._line(f"warning: {event}")
