@@ -56,9 +56,12 @@ def mixture_log_likelihood(log_likelihood: torch.Tensor, proportions: torch.Tens
     return torch.logsumexp(log_likelihood + torch.log(proportions.clamp_min(1e-30)).unsqueeze(1), dim=2)
 
 
-def predict_proba(log_likelihood: torch.Tensor, class_logits: torch.Tensor, proportions: torch.Tensor) -> torch.Tensor:
-    """sum_k w_k(x) p_k(y|x) with w_k(x) ∝ pi_k p_k(x). log_likelihood [G, N, K]; class_logits [G, K, N, C]."""
-    gate = responsibilities(log_likelihood, proportions)  # [G, N, K]
+def predict_proba(log_likelihood: torch.Tensor, class_logits: torch.Tensor, proportions: torch.Tensor,
+                  gate: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_k w_k(x) p_k(y|x) with w_k(x) ∝ pi_k p_k(x). log_likelihood [G, N, K]; class_logits [G, K, N, C].
+    ``gate``: the responsibilities w_k(x) [G, N, K] when the caller already has them."""
+    if gate is None:
+        gate = responsibilities(log_likelihood, proportions)
     return torch.einsum("gnk,gknc->gnc", gate, torch.softmax(class_logits, dim=-1))
 
 

@@ -281,8 +281,9 @@ class FedGMI(GroupAlgorithmBase):
         noise = self._noise(generators, test_samples, batch.test_counts.tolist(), self.max_test)
         test_log_px, test_logits = self.model.iw_log_likelihood(params, batch.x_test, noise)
         test_ll = test_log_px.transpose(1, 2)  # [G, Ntest, K]
-        predicted = em.predict_proba(test_ll, test_logits, proportions).argmax(2)
-        test_resp = em.responsibilities(test_ll, proportions) * batch.test_mask.unsqueeze(2)
+        gate = em.responsibilities(test_ll, proportions)  # the prediction's gate and the held-out weights alike
+        predicted = em.predict_proba(test_ll, test_logits, proportions, gate=gate).argmax(2)
+        test_resp = gate * batch.test_mask.unsqueeze(2)
         heldout_mass = test_resp.sum(1)
         heldout_ll = ((test_resp * test_ll).sum(1) / heldout_mass.clamp_min(1e-30)).double().cpu().numpy()
         heldout_mixture = em.masked_mean(em.mixture_log_likelihood(test_ll, proportions).unsqueeze(2),

@@ -31,7 +31,7 @@ def assignment_accuracy(pooled_confusion: np.ndarray, perm: np.ndarray) -> float
 
 def proportion_mae(estimated: np.ndarray, actual: np.ndarray, perm: np.ndarray) -> float:
     """Mean absolute error over clients and components after matching: estimated[:, perm[t]] vs actual[:, t]."""
-    return float(np.abs(estimated[:, perm] - actual).mean())
+    return proportion_errors(estimated, actual, perm)["mae"]
 
 
 def proportion_errors(estimated: np.ndarray, reference: np.ndarray, perm: np.ndarray) -> dict[str, float]:

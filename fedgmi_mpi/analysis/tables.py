@@ -78,7 +78,7 @@ def worst_clients(run: Run, count: int = WORST_CLIENTS) -> list[dict[str, Any]]:
             for row in ranked[keep].head(count).to_dict("records")]
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def fmt(value: Any, digits: int = 4) -> str:
     value = _number(value)
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
@@ -89,8 +89,8 @@ def format_text(head: dict[str, Any]) -> str:
     lines = [f"{head['log']}  ({head['status']})",
              f"  {head['algorithm']}, seed {head['seed']}, budget {head['budget']}; {head['scenario']}",
              f"  final round {head['final_round']} (train round {head['final_train_round']}, {head['final_phase']}); "
-             f"best round {head['best_round']} (train round {head['best_train_round']}: MAE {_fmt(head['best_proportion_mae'])}, "
-             f"accuracy {_fmt(head['best_accuracy'])})"]
+             f"best round {head['best_round']} (train round {head['best_train_round']}: MAE {fmt(head['best_proportion_mae'])}, "
+             f"accuracy {fmt(head['best_accuracy'])})"]
     if head["matching"] is not None:
         pairs = ", ".join(f"true {t} <- learned {k_}" for t, k_ in enumerate(head["matching"]))
         lines.append(f"  matching (Hungarian, final evaluation; used for every metric below): {pairs}")
@@ -109,16 +109,16 @@ def format_text(head: dict[str, Any]) -> str:
         if key.startswith("responsibility") and math.isnan(_number(head.get(key, math.nan))):
             continue  # only scenarios with exact densities have them
         digits = 2 if "log_likelihood" in key else 4
-        lines.append(f"  {label:34s} {_fmt(head.get(key), digits):>8s}  {_fmt(head.get(key + '_unseen'), digits):>8s}")
+        lines.append(f"  {label:34s} {fmt(head.get(key), digits):>8s}  {fmt(head.get(key + '_unseen'), digits):>8s}")
     heldout = [head.get(f"heldout_log_likelihood_c{t}") for t in range(k)]
     if any(not math.isnan(_number(v)) for v in heldout):
         label = "true component" if head["matching"] is not None else "component"
         lines.append("  held-out log-likelihood per " + label + ": "
-                     + ", ".join(f"{t}: {_fmt(v, 2)}" for t, v in enumerate(heldout)))
+                     + ", ".join(f"{t}: {fmt(v, 2)}" for t, v in enumerate(heldout)))
     if head["worst_clients"]:
         lines.append("  worst clients: " + "; ".join(
-            f"{c['client']}{'' if c.get('seen', True) else ' (unseen)'} MAE {_fmt(c.get('proportion_mae'))} "
-            f"acc {_fmt(c.get('accuracy'), 3)}" for c in head["worst_clients"]))
+            f"{c['client']}{'' if c.get('seen', True) else ' (unseen)'} MAE {fmt(c.get('proportion_mae'))} "
+            f"acc {fmt(c.get('accuracy'), 3)}" for c in head["worst_clients"]))
     lines.append(f"  rounds {head['rounds']} ({head['train_rounds']} training); "
                  f"bytes up {head['bytes_up_total'] / 2**20:.1f} MiB, "
                  f"down {head['bytes_down_total'] / 2**20:.1f} MiB; training uplink {head['uplink_mib_per_client']:.2f} MiB "
@@ -148,7 +148,7 @@ def format_comparison(table: pd.DataFrame) -> str:
         cells = []
         for column, _, digits in COMPARED:
             mean, spread = record[column], record[column + "_sd"]
-            cells.append(_fmt(mean, digits) + ("" if math.isnan(spread) else f" ± {spread:.{digits}f}"))
+            cells.append(fmt(mean, digits) + ("" if math.isnan(spread) else f" ± {spread:.{digits}f}"))
         lines.append(f"| {record['algorithm']} | {record['budget']} | {record['logs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ..errors import UserError
 from .reader import open_log, resolve
+from .tables import fmt
 
 
 def snapshot(path: str | Path) -> dict[str, Any]:
@@ -66,13 +66,9 @@ def format_snapshot(state: dict[str, Any]) -> str:
         scores = state.get(phase)
         if scores:
             text += f"  | {label} (round {scores['round']}): " + "  ".join(
-                f"{short} {_fmt(scores.get(name))}" for name, short in
+                f"{short} {fmt(scores.get(name))}" for name, short in
                 (("proportion_mae", "MAE"), ("assignment_accuracy", "assign"), ("accuracy", "acc")))
     return text
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or np.isnan(value) else f"{value:.4f}"
 
 
 def watch(path: str | Path, interval: float, echo: Callable[[str], None], stale_after: float = 300.0,

@@ -66,8 +66,7 @@ def read_arrays(path: str, required: tuple[str, ...] = ("x", "y", "client"),
         raise UserError(f"{path}: x holds {int((~np.isfinite(x)).sum())} NaN or infinite values")
     if n and unit_range and (x.min() < 0 or x.max() > 1):
         raise UserError(f"{path}: x must be finite and scaled to [0, 1] (got range {x.min():g}..{x.max():g}; "
-                        "real-valued features need model.likelihood=gaussian)" if unit_range else
-                        f"{path}: x must be finite")
+                        "real-valued features need model.likelihood=gaussian)")
     if not n:
         raise UserError(f"{path}: no samples")
     component = arrays.get("component")

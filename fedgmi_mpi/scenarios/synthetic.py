@@ -64,5 +64,4 @@ def build(s: ScenarioConfig, seed: int) -> Scenario:
     return Scenario(name="synthetic", clients=clients, num_components=k, num_classes=s.synthetic_modes,
                     input_dim=s.synthetic_dim,
                     description=(f"synthetic: {k} Gaussian mixtures of {s.synthetic_modes} modes in {s.synthetic_dim} "
-                                 f"dimensions (separation {s.synthetic_separation}), {mixing}"),
-                    metadata={"exact_densities": True, "real_valued": True})
+                                 f"dimensions (separation {s.synthetic_separation}), {mixing}"))
