@@ -191,8 +191,10 @@ def test_posterior_intervals_cover_at_their_level():
 def test_watch_follows_a_live_mpi_job(tmp_path):
     log = tmp_path / "live.h5"
     args = small_args("algorithm.rounds=60", "algorithm.eval_every=20")
+    # the job's output goes to a file: an undrained pipe that fills up would stall the job itself
+    job_output = open(tmp_path / "job.out", "wb")
     job = subprocess.Popen([mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py", "-m", "fedgmi_mpi", "run", "--quiet",
-                            "--out", str(log), *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            "--out", str(log), *args], cwd=REPO, stdout=job_output, stderr=subprocess.STDOUT)
     try:
         watched = subprocess.run([sys.executable, "-m", "fedgmi_mpi", "watch", str(log), "--interval", "0.1"],
                                  capture_output=True, text=True, timeout=MPI_TIMEOUT, cwd=REPO)
@@ -200,7 +202,8 @@ def test_watch_follows_a_live_mpi_job(tmp_path):
     finally:
         if job.poll() is None:
             job.kill()
-    assert job.returncode == 0 and watched.returncode == 0, watched.stderr
+        job_output.close()
+    assert job.returncode == 0 and watched.returncode == 0, (watched.stderr, (tmp_path / "job.out").read_text()[-3000:])
     progress = [line for line in watched.stdout.splitlines() if line.startswith("[")]
     assert len(progress) >= 3, watched.stdout
     done_counts = [int(line.split("] train ")[1].split("/")[0]) for line in progress]

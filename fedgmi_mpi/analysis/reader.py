@@ -19,6 +19,7 @@ after matching, ``t0..t{K-1}``, or in learned order when there is no truth):
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,16 @@ def resolve(path: str | Path) -> Path:
 
 
 def open_log(path: Path) -> h5py.File:
-    """Open read-only; under SWMR first so a file a run is writing (or left behind) opens too."""
-    try:
-        return h5py.File(path, "r", libver="latest", swmr=True)
-    except OSError:
-        pass
+    """Open read-only; under SWMR first so a file a run is writing (or left behind) opens too. A
+    ``.partial`` is only ever opened under SWMR (a few tries while the writer is mid-flush): a
+    plain reader must not hold a file a run is still writing."""
+    for attempt in range(5 if path.suffix == ".partial" else 1):
+        try:
+            return h5py.File(path, "r", libver="latest", swmr=True)
+        except OSError as exc:
+            if path.suffix == ".partial" and attempt == 4:
+                raise UserError(f"{path} cannot be read under SWMR: {exc}") from None
+            time.sleep(0.2 * (path.suffix == ".partial"))
     try:
         return h5py.File(path, "r")
     except OSError as exc:

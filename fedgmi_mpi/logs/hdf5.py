@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,18 @@ def _create_model_group(file: h5py.File, spec: ModelSpec) -> None:
     group["control"].attrs["legend"] = "the round's control payload (first control_length values), e.g. FedGMM's Gaussians"
     group.create_dataset("round", data=np.full(1, -1, dtype=np.int64))
     group.create_dataset("train_round", data=np.full(1, -1, dtype=np.int64))
+
+
+def _reopen_for_writing(path: Path, attempts: int = 100) -> h5py.File:
+    """Reopen the closed log read-write. A reader that is looking at it under SWMR (``fedgmi
+    watch``, ``analyze``) holds its lock for moments at a time: wait for a gap rather than fail the
+    whole run at its last step; after ~30 s, open without the lock (readers only read)."""
+    for attempt in range(attempts):
+        try:
+            return h5py.File(path, "r+")
+        except BlockingIOError:
+            time.sleep(min(0.5, 0.02 * (attempt + 1)))
+    return h5py.File(path, "r+", locking=False)
 
 
 class RunLog:
@@ -255,7 +268,7 @@ class RunLog:
         self.file["status"][0] = 1
         self.file.close()
         part = partial_path(self.out)
-        with h5py.File(part, "r+") as file:  # attributes cannot be added under SWMR
+        with _reopen_for_writing(part) as file:  # attributes cannot be added under SWMR
             for key, value in final_attrs.items():
                 file.attrs[key] = value
         fd = os.open(part, os.O_RDONLY)
