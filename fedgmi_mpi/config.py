@@ -60,6 +60,11 @@ class ModelConfig:
 @dataclass
 class AlgorithmConfig:
     name: str = "fedgmi"  # fedgmi | oracle | local | fedavg | fedprox | ifca | fedem | fedgmm
+    # K the algorithm fits: "scenario" (the scenario's num_components), a number (fedgmi), or "auto":
+    # chosen from the data before training, from auto_min_components to auto_max_components (docs/algorithm.md)
+    num_components: str = "scenario"
+    auto_min_components: int = 1
+    auto_max_components: int = 8
     rounds: int = 150  # training rounds (model down, updates up)
     warmup_rounds: int = 40  # first rounds train on the initial responsibilities, no E-step (all rounds if >= rounds)
     local_epochs: int = 2
@@ -72,6 +77,9 @@ class AlgorithmConfig:
     estep_samples: int = 16  # importance samples for the training E-step likelihoods
     estep_uses_labels: bool = True  # multiply p_k(x_i) by p_k(y_i | x_i) in the training E-step
     proportion_iterations: int = 20  # EM iterations on pi per E-step, likelihoods held fixed
+    estep_temperature: float = 1.0  # EXPERIMENT: M-step weights r ∝ pi p^beta
+    encoder_weights: str = "responsibilities"  # EXPERIMENT: responsibilities | uniform
+    likelihood_smoothing: float = 1.0  # EXPERIMENT: E-step log-likelihoods averaged over rounds, new weight eta
     init: str = "topics"  # "topics" (codebook + federated topic model) or "random"
     codebook_size: int = 64
     codebook_lloyd_iterations: int = 6
@@ -270,6 +278,15 @@ def validate(config: Config) -> None:
     from .algorithms import ALGORITHMS
 
     _require(a.name in ALGORITHMS, f"algorithm.name must be one of {', '.join(ALGORITHMS)}, got {a.name!r}")
+    from .algorithms import OWN_COMPONENT_COUNT
+
+    _require(a.num_components in ("scenario", "auto") or (a.num_components.isdigit() and int(a.num_components) >= 1),
+             f"algorithm.num_components must be scenario, auto or a whole number >= 1, got {a.num_components!r}")
+    _require(a.num_components == "scenario" or a.name in OWN_COMPONENT_COUNT,
+             f"algorithm.num_components={a.num_components} needs algorithm.name in {', '.join(OWN_COMPONENT_COUNT)} "
+             f"(algorithm.name={a.name} fits the scenario's K)")
+    _require(1 <= a.auto_min_components <= a.auto_max_components <= 32,
+             "algorithm.auto_min_components and auto_max_components must satisfy 1 <= min <= max <= 32")
     _require(a.optimizer in ("adam", "sgd"), f"algorithm.optimizer must be adam or sgd, got {a.optimizer!r}")
     _require(a.prox_mu >= 0, "algorithm.prox_mu must be >= 0")
     _require(a.rounds >= 1, "algorithm.rounds must be >= 1")

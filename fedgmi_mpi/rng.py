@@ -15,6 +15,7 @@ SERVER = 3
 CLIENT_EVAL = 4
 COMPRESSION = 5
 COHORT = 6  # the server's draws of who takes part in a round
+SELECTION = 7  # a client's split of its samples into halves when K is chosen from the data
 
 
 def numpy_rng(seed: int, purpose: int, *ids: int) -> np.random.Generator:

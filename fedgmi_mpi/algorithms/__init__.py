@@ -21,6 +21,14 @@ ALGORITHMS = {
 }
 
 
-def build(config: Config, scenario: Scenario, device: torch.device) -> Algorithm:
+# the algorithms that can fit another number of components than the scenario's truth
+OWN_COMPONENT_COUNT = ("fedgmi",)
+
+
+def build(config: Config, scenario: Scenario, device: torch.device, num_components: int | None = None) -> Algorithm:
+    """The configured algorithm; ``num_components``: the K it fits when not the scenario's (fedgmi only)."""
     module, cls = ALGORITHMS[config.algorithm.name].split(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(config, scenario, device)
+    algorithm = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    if num_components is not None and num_components != scenario.num_components:
+        return algorithm(config, scenario, device, num_components=num_components)
+    return algorithm(config, scenario, device)

@@ -35,6 +35,7 @@ class CodebookState:
     lloyd_iterations: int  # Lloyd sweeps after each split
     sweeps_left: int
     done: bool = False
+    settled: np.ndarray | None = None  # the last codebook whose Lloyd sweeps are over (before a split, or final)
 
 
 def start(input_dim: int, target_size: int, lloyd_iterations: int) -> CodebookState:
@@ -54,7 +55,8 @@ def update(state: CodebookState, summed: np.ndarray, rng: np.random.Generator) -
     # Drop clusters nobody uses, then split the worst ones until the codebook is full.
     centroids, counts, sq_err = centroids[occupied], counts[occupied], sq_err[occupied]
     if len(centroids) >= state.target_size or len(centroids) == 0:
-        return CodebookState(centroids, state.target_size, state.lloyd_iterations, 0, done=True)
+        return CodebookState(centroids, state.target_size, state.lloyd_iterations, 0, done=True, settled=centroids)
+    settled = centroids.copy()
     n_split = min(len(centroids), state.target_size - len(centroids))
     worst = np.argsort(-sq_err, kind="stable")[:n_split]
     spread = np.sqrt(sq_err[worst] / np.maximum(counts[worst], 1) / d)  # per-coordinate RMS error
@@ -64,5 +66,6 @@ def update(state: CodebookState, summed: np.ndarray, rng: np.random.Generator) -
     children = centroids[worst] + offset
     centroids[worst] -= offset
     return CodebookState(
-        np.concatenate([centroids, children]), state.target_size, state.lloyd_iterations, state.lloyd_iterations
+        np.concatenate([centroids, children]), state.target_size, state.lloyd_iterations, state.lloyd_iterations,
+        settled=settled,
     )

@@ -51,12 +51,16 @@ class GroupAlgorithmBase:
     sizes - every client's samples are padded to the largest client's, so a client's arithmetic
     is the same whichever group (and rank) computes it - and the one-client path as a group of one."""
 
-    def __init__(self, config: Config, scenario: Scenario, device: torch.device | str = "cpu"):
+    def __init__(self, config: Config, scenario: Scenario, device: torch.device | str = "cpu",
+                 num_components: int | None = None):
         self.config = config
         self.cfg = config.algorithm
         self.seed = config.seed
         self.device = torch.device(device)
-        self.num_components = scenario.num_components
+        # the components the algorithm fits (``algorithm.num_components``) and the truth's, which
+        # scores them; the same unless the user (or the component selection) says otherwise
+        self.num_components = num_components or scenario.num_components
+        self.true_components = scenario.num_components
         self.plan = RoundPlan(self.cfg, scenario, self.seed)
         self.max_train = max(c.num_train for c in scenario.clients)
         self.max_test = max(len(c.x_test) for c in scenario.clients)

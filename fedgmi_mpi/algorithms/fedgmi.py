@@ -56,9 +56,10 @@ class FedGMI(GroupAlgorithmBase):
     # K VAEs with classifier heads (models/: MLP or conv, Bernoulli or Gaussian): ``fedgmi infer`` rebuilds it
     model_kind = "vae_mixture"
 
-    def __init__(self, config: Config, scenario: Scenario, device: torch.device | str = "cpu"):
-        super().__init__(config, scenario, device)
-        self.model = density_model(config.model, scenario.input_dim, scenario.num_classes, scenario.num_components,
+    def __init__(self, config: Config, scenario: Scenario, device: torch.device | str = "cpu",
+                 num_components: int | None = None):
+        super().__init__(config, scenario, device, num_components)
+        self.model = density_model(config.model, scenario.input_dim, scenario.num_classes, self.num_components,
                                    scenario.metadata.get("image_shape"))
         self.shape, self.layout = self.model.shape, self.model.layout
         # where the scenario knows the exact densities, evaluation rounds log every sample's
@@ -78,7 +79,7 @@ class FedGMI(GroupAlgorithmBase):
             "proportions": (k,),
             "log_likelihood": (k,),  # mean over the client's training samples, per component
             "accuracy": (),  # personalised test accuracy
-            "confusion": (k, k),  # [true, learned] hard assignments (evaluation only; zeros without truth)
+            "confusion": (self.true_components, k),  # [true, learned] hard assignments (evaluation only; zeros without truth)
             # held out: on the client's test samples, each component's log p_k(x) averaged with the
             # weights r_ik it claims (sum_i r_ik beside it, to pool over clients), and the mixture's
             "heldout_log_likelihood": (k,),
@@ -119,12 +120,20 @@ class FedGMI(GroupAlgorithmBase):
     def client_state_spec(self) -> dict[str, tuple[int, ...]]:
         """What a client keeps between its rounds (everything else is its data or recomputed)."""
         k = self.num_components
-        return {"proportions": (k,), "topic_weights": (self.cfg.topic_restarts, k)}
+        spec = {"proportions": (k,), "topic_weights": (self.cfg.topic_restarts, k)}
+        if self.cfg.likelihood_smoothing < 1:
+            spec["estep_log_likelihood"] = (self.max_train, k)
+            spec["estep_started"] = (1,)
+        return spec
 
     def init_client(self, client: ClientData) -> dict[str, np.ndarray]:
         k = self.num_components
-        return {"proportions": np.full(k, np.float32(1.0 / k)),
-                "topic_weights": np.full((self.cfg.topic_restarts, k), 1.0 / k)}
+        state = {"proportions": np.full(k, np.float32(1.0 / k)),
+                 "topic_weights": np.full((self.cfg.topic_restarts, k), 1.0 / k)}
+        if self.cfg.likelihood_smoothing < 1:
+            state["estep_log_likelihood"] = np.zeros((self.max_train, k))
+            state["estep_started"] = np.zeros(1)
+        return state
 
     # ---- server -------------------------------------------------------------------------
     def init_server(self) -> ServerState:
@@ -297,7 +306,7 @@ class FedGMI(GroupAlgorithmBase):
         k = self.num_components
         out = []
         for g, client in enumerate(clients):
-            confusion = np.zeros((k, k))
+            confusion = np.zeros((self.true_components, k))
             if client.true_components_train is not None:  # evaluation only: never feeds back into training
                 np.add.at(confusion, (client.true_components_train, assigned[g, : client.num_train]), 1.0)
             out.append({"proportions": proportions_np[g], "log_likelihood": mean_ll[g],
@@ -322,8 +331,20 @@ class FedGMI(GroupAlgorithmBase):
             if self.cfg.estep_uses_labels:
                 labels = batch.y.unsqueeze(1).expand(-1, self.num_components, -1).unsqueeze(3)
                 estep_ll = log_likelihood + torch.log_softmax(logits, -1).gather(3, labels).squeeze(3).transpose(1, 2)
+            eta = self.cfg.likelihood_smoothing
+            if eta < 1:
+                old = torch.as_tensor(np.stack([s["estep_log_likelihood"] for s in states]), dtype=torch.float32,
+                                      device=self.device)
+                started = torch.as_tensor(np.stack([s["estep_started"] for s in states]), dtype=torch.bool,
+                                          device=self.device)[:, :, None]
+                estep_ll = torch.where(started, (1 - eta) * old + eta * estep_ll, estep_ll)
+                for state, value in zip(states, estep_ll.double().cpu().numpy()):
+                    state["estep_log_likelihood"][:] = value
+                    state["estep_started"][:] = 1
             prior = torch.as_tensor(np.stack([s["proportions"] for s in states]), dtype=torch.float32, device=self.device)
             proportions, resp = em.fit_proportions(estep_ll, batch.mask, prior, self.cfg.proportion_iterations)
+            if self.cfg.estep_temperature != 1:
+                resp = em.responsibilities(self.cfg.estep_temperature * estep_ll, proportions)
         return proportions, resp
 
     def _train_group(self, broadcast: Broadcast, clients: list[ClientData],
@@ -347,7 +368,8 @@ class FedGMI(GroupAlgorithmBase):
         weights = resp * batch.mask.unsqueeze(2)
         trained = em.local_m_step(self.layout, start, batch.x, batch.y, batch.counts, weights, self.cfg.local_epochs,
                                   self.cfg.batch_size, self.cfg.lr, self.cfg.label_weight, generators,
-                                  elbo_fn=self.model.elbo)
+                                  elbo_fn=self.model.elbo,
+                                  split_elbo_fn=self.model.split_elbo if self.cfg.encoder_weights == "uniform" else None)
         delta = (trained - start).cpu().numpy()
         mass = weights.sum(1).double().cpu().numpy()
         return [ClientUpload(delta=delta[g], weights=mass[g], statistics=np.zeros(0), metrics=metrics[g])

@@ -1,7 +1,10 @@
 """Scoring learned components against the truth (evaluation only; never used in training).
 
 Component labels are arbitrary, so learned components are first matched to true ones with the
-Hungarian method on the pooled confusion matrix of hard assignments.
+Hungarian method on the pooled confusion matrix of hard assignments. The run may fit a different
+number of components than the truth has (``algorithm.num_components``): then the matching pairs
+min(K true, K learned) of them; a true component left unmatched is estimated at 0 and a learned
+one left over is compared with 0, so mass on a spare component counts as error.
 """
 from __future__ import annotations
 
@@ -18,15 +21,32 @@ def confusion(true_components: np.ndarray, responsibilities: np.ndarray, num_com
 
 
 def match_components(pooled_confusion: np.ndarray) -> np.ndarray:
-    """Permutation p with learned component p[t] matched to true component t (max agreement)."""
+    """Matching p with learned component p[t] matched to true component t (max agreement) from a
+    [true K, learned K] confusion; p[t] = -1 where fewer components were learned than are true."""
     rows, cols = linear_sum_assignment(-pooled_confusion)
-    perm = np.empty(pooled_confusion.shape[0], dtype=np.int64)
+    perm = np.full(pooled_confusion.shape[0], -1, dtype=np.int64)
     perm[rows] = cols
     return perm
 
 
+def aligned(estimated: np.ndarray, reference: np.ndarray, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Estimated [..., K learned] and reference [..., K true] side by side in true order: column t
+    holds the learned component matched to t (0 where none is), then the learned components left
+    over against 0. With K learned = K true this is estimated[..., perm] and reference itself."""
+    learned = estimated.shape[-1]
+    if learned == len(perm) and (perm >= 0).all():
+        return estimated[..., perm], reference
+    matched = np.where(perm >= 0, perm, 0)
+    columns = np.where(perm >= 0, 1.0, 0.0) * estimated[..., matched]
+    spare = np.setdiff1d(np.arange(learned), perm[perm >= 0])
+    estimated_out = np.concatenate([columns, estimated[..., spare]], axis=-1)
+    reference_out = np.concatenate([reference, np.zeros(reference.shape[:-1] + (len(spare),))], axis=-1)
+    return estimated_out, reference_out
+
+
 def assignment_accuracy(pooled_confusion: np.ndarray, perm: np.ndarray) -> float:
-    return float(pooled_confusion[np.arange(len(perm)), perm].sum() / max(pooled_confusion.sum(), 1))
+    rows = np.flatnonzero(perm >= 0)
+    return float(pooled_confusion[rows, perm[rows]].sum() / max(pooled_confusion.sum(), 1))
 
 
 def proportion_mae(estimated: np.ndarray, actual: np.ndarray, perm: np.ndarray) -> float:
@@ -38,7 +58,8 @@ def proportion_errors(estimated: np.ndarray, reference: np.ndarray, perm: np.nda
     """MAE, RMSE and the largest absolute error over clients and components, after matching."""
     if estimated.size == 0:
         return {"mae": float("nan"), "rmse": float("nan"), "max_error": float("nan")}
-    error = estimated[:, perm] - reference
+    matched, reference = aligned(estimated, reference, perm)
+    error = matched - reference
     return {"mae": float(np.abs(error).mean()), "rmse": float(np.sqrt((error**2).mean())),
             "max_error": float(np.abs(error).max())}
 
@@ -47,8 +68,8 @@ def responsibility_agreement(estimated: np.ndarray, exact: np.ndarray, perm: np.
     """Estimated responsibilities [..., K] (learned order) against exact ones [..., K] (true
     order) over the rows that both have: mean absolute difference per entry, and the share of
     samples whose most responsible component agrees."""
-    matched = estimated[..., perm].reshape(-1, exact.shape[-1])
-    exact = exact.reshape(-1, exact.shape[-1])
+    matched, exact = aligned(estimated, exact, perm)
+    matched, exact = matched.reshape(-1, exact.shape[-1]), exact.reshape(-1, exact.shape[-1])
     rows = ~(np.isnan(matched).any(1) | np.isnan(exact).any(1))
     if not rows.any():
         return {"responsibility_mad": float("nan"), "responsibility_agreement": float("nan")}

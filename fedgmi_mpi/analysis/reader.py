@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from .metrics import (adjusted_rand_index, assignment_accuracy, match_components, proportion_errors,
+from .metrics import (adjusted_rand_index, aligned, assignment_accuracy, match_components, proportion_errors,
                       responsibility_agreement)
 
 SCORED_PHASES = ("train", "evaluate")
@@ -137,13 +137,14 @@ class Run:
         return rows.loc[rows.accuracy.idxmax()] if rows.accuracy.notna().any() else rows.iloc[-1]
 
     def proportions(self, phase: str = "evaluate", row: int = -1) -> np.ndarray:
-        """[C, K] estimated proportions of one scored row, columns in true-component order."""
+        """[C, K] estimated proportions of one scored row, columns in true-component order (NaN for
+        a true component no learned one matches; learned components left over are not shown)."""
         perm = self._permutation(phase, row)
-        return self.arrays[f"{phase}/proportions"][row][:, perm]
+        return _by_true(self.arrays[f"{phase}/proportions"][row], perm)
 
     def _permutation(self, phase: str, row: int) -> np.ndarray:
         perm = self.arrays.get(f"{phase}/summary/permutation")
-        if perm is not None and len(perm) and perm[row].min() >= 0:
+        if perm is not None and len(perm) and perm[row].max() >= 0:
             return perm[row].astype(np.int64)
         return np.arange(self.num_components)
 
@@ -199,7 +200,7 @@ def _row_scores(arrays: dict[str, np.ndarray], phase: str, row: int, seen: np.nd
     proportions = None if proportions is None else proportions[row]
     confusion = arrays.get(f"{phase}/confusion")
     confusion = None if confusion is None else confusion[row]
-    has_props = proportions is not None and proportions.shape[1] == k and not np.isnan(proportions[seen & reported]).all()
+    has_props = proportions is not None and not np.isnan(proportions[seen & reported]).all()
     perm = None
     if has_props and confusion is not None and truth.actual is not None and (seen & reported).any():
         logged = arrays.get(f"{phase}/summary/permutation")
@@ -234,9 +235,22 @@ def _row_scores(arrays: dict[str, np.ndarray], phase: str, row: int, seen: np.nd
     order = perm if perm is not None else np.arange(k)
     if heldout is not None and mass is not None:
         per_component = _pooled_heldout(heldout[row][reported], mass[row][reported])
-        for t, learned in enumerate(order):
-            out[f"heldout_log_likelihood_c{t}"] = float(per_component[learned])
+        for t, value in enumerate(_by_true(per_component, order)):
+            out[f"heldout_log_likelihood_c{t}"] = float(value)
     return out, perm
+
+
+def _by_true(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """values [..., K learned] in true order: the matched learned component's, NaN where a true
+    component has no match (fewer components learned than true)."""
+    taken = values[..., np.maximum(order, 0)].astype(np.float64)
+    return np.where(order >= 0, taken, np.nan)
+
+
+def _agreeing(confusion: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """Samples assigned to their true component's match, from confusion [..., K true, K learned]."""
+    rows = np.flatnonzero(perm >= 0)
+    return confusion[..., rows, perm[rows]].sum(-1)
 
 
 def _pooled_heldout(heldout: np.ndarray, mass: np.ndarray) -> np.ndarray:
@@ -290,23 +304,25 @@ def _clients_frame(arrays: dict[str, np.ndarray], phase: str, row: int, perm: np
             frame[name] = arrays[f"{phase}/{name}"][row]
     order = perm if perm is not None else np.arange(k)
     proportions = arrays.get(f"{phase}/proportions")
-    if proportions is not None and proportions.shape[2] == k:
-        estimated = proportions[row][:, order]
-        for t in range(k):
-            frame[f"estimated_c{t}"] = estimated[:, t]
+    if proportions is not None and (perm is not None or proportions.shape[2] == k):
+        for t, column in enumerate(np.nan_to_num(_by_true(proportions[row], order)).T if perm is not None
+                                   else proportions[row].T):
+            frame[f"estimated_c{t}"] = column
         for label, reference in (("actual", truth.actual), ("dirichlet", truth.dirichlet)):
             if reference is None:
                 continue
             for t in range(k):
                 frame[f"{label}_c{t}"] = reference[:, t]
-            error = np.abs(estimated - reference)
+            # with a matching, learned components left over count against 0 (metrics.aligned)
+            estimated, padded = aligned(proportions[row], reference, order)
+            error = np.abs(estimated - padded)
             frame["proportion_mae" + ("" if label == "actual" else "_dirichlet")] = error.mean(1)
             frame["proportion_max_error" + ("" if label == "actual" else "_dirichlet")] = error.max(1)
     confusion = arrays.get(f"{phase}/confusion")
     if confusion is not None and perm is not None:
         per_client = confusion[row]
         totals = per_client.sum((1, 2))
-        agree = per_client[:, np.arange(k), perm].sum(1)
+        agree = _agreeing(per_client, perm)
         with np.errstate(invalid="ignore", divide="ignore"):
             frame["assignment_accuracy"] = np.where(totals > 0, agree / totals, np.nan)
     return frame
@@ -319,9 +335,9 @@ def _components_frame(arrays: dict[str, np.ndarray], phase: str, row: int, perm:
     reported = clients.reported.to_numpy()
     heldout, mass = arrays.get(f"{phase}/heldout_log_likelihood"), arrays.get(f"{phase}/heldout_mass")
     if heldout is not None and mass is not None:
-        frame["heldout_log_likelihood"] = _pooled_heldout(heldout[row][reported], mass[row][reported])[order]
-        claimed = np.nan_to_num(mass[row][reported]).sum(0)[order]
-        frame["heldout_share"] = claimed / max(claimed.sum(), 1e-12)
+        frame["heldout_log_likelihood"] = _by_true(_pooled_heldout(heldout[row][reported], mass[row][reported]), order)
+        claimed = np.nan_to_num(mass[row][reported]).sum(0)
+        frame["heldout_share"] = _by_true(claimed, order) / max(claimed.sum(), 1e-12)
     if "estimated_c0" in clients:
         mask = seen & reported
         frame["mean_estimated_seen"] = [clients[f"estimated_c{t}"][mask].mean() for t in range(k)]
@@ -331,14 +347,14 @@ def _components_frame(arrays: dict[str, np.ndarray], phase: str, row: int, perm:
     confusion = arrays.get(f"{phase}/confusion")
     if confusion is not None and perm is not None:
         pooled = confusion[row][seen & reported].sum(0)
-        matched = pooled[np.arange(k), perm]
+        matched = np.array([pooled[t, perm[t]] if perm[t] >= 0 else 0.0 for t in range(k)])
         with np.errstate(invalid="ignore", divide="ignore"):
             frame["recall"] = matched / pooled.sum(1)  # of the true component's samples, the share assigned to its match
-            frame["precision"] = matched / pooled.sum(0)[perm]
+            frame["precision"] = matched / _by_true(pooled.sum(0), perm)
     mass_train = arrays.get("train/server/responsibility_mass")
     if mass_train is not None and len(mass_train):
-        last = mass_train[-1][order]
-        frame["training_mass_share"] = last / max(last.sum(), 1e-12)
+        last = mass_train[-1]
+        frame["training_mass_share"] = _by_true(last, order) / max(last.sum(), 1e-12)
     return frame, pooled
 
 

@@ -16,7 +16,8 @@ EXACT_FIELDS = ("responsibility_mad", "responsibility_agreement", "responsibilit
 
 
 def summarize(metrics: dict[str, np.ndarray], scenario: Scenario) -> dict[str, float | np.ndarray]:
-    """From per-client ``proportions`` [C, K], ``confusion`` [C, K, K] and ``accuracy`` [C].
+    """From per-client ``proportions`` [C, K], ``confusion`` [C, K true, K] and ``accuracy`` [C]
+    (K: the components the algorithm fits, which may differ from the truth's).
 
     Only clients that reported (took part in the round) count. Learned components are matched to
     true ones once, on the seen clients' pooled confusion, and the same matching scores the unseen
@@ -34,7 +35,7 @@ def summarize(metrics: dict[str, np.ndarray], scenario: Scenario) -> dict[str, f
             out["accuracy" + suffix] = float(np.mean(accuracy[mask]))
     actual = scenario.actual_proportions()
     # NaN proportions: the algorithm has none (a single global model); nothing to match or score
-    if actual is None or metrics["proportions"].shape[1] != k or not seen.any() or np.isnan(metrics["proportions"][seen]).all():
+    if actual is None or not seen.any() or np.isnan(metrics["proportions"][seen]).all():
         return out
     perm = match_components(metrics["confusion"][seen].sum(0))
     out["permutation"] = perm

@@ -12,6 +12,8 @@ Layout (see docs/hdf5-schema.md):
   /<phase>/summary/<m> [rows] scores against the truth (train and evaluate phases)
   /events              [n] text: collapse warnings and other notices
   /clients/{seen, num_train, num_test}, /truth/{true_proportions, component_counts}
+  /component_selection/{candidates, vocabularies, heldout_log_likelihood, best, chosen}   only when
+                       K was chosen from the data; attrs: method, description
   /model/{parameters, control, control_length, round, train_round}   the global model of the
                        latest evaluation round, overwritten in place; attrs: description (JSON)
 
@@ -139,6 +141,7 @@ class RunLog:
         server_specs: dict[str, dict[str, tuple[int, ...]]],
         summary_specs: dict[str, dict[str, tuple[int, ...]]],
         model: ModelSpec | None = None,
+        component_selection: dict[str, Any] | None = None,
     ) -> "RunLog":
         out = Path(out)
         check_output(out, overwrite)
@@ -160,6 +163,13 @@ class RunLog:
         clients["seen"] = seen.astype(np.int8)
         clients["num_train"] = num_train.astype(np.int64)
         clients["num_test"] = num_test.astype(np.int64)
+        if component_selection is not None:  # how K was chosen (algorithm.num_components=auto)
+            chosen = file.create_group("component_selection")
+            for name, value in component_selection.items():
+                if isinstance(value, str):
+                    chosen.attrs[name] = value
+                else:
+                    chosen[name] = value
         truth_group = file.create_group("truth")
         truth_group.attrs["note"] = "evaluation only: never used in training or initialisation"
         for name, value in truth.items():

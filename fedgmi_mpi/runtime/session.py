@@ -1,6 +1,7 @@
 """One run from start to end on every rank: checks, scenario, transport, loop, log, summary."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import resource
@@ -15,10 +16,11 @@ import torch
 from .. import compression, scenarios
 from .. import config as config_mod
 from ..algorithms import build as build_algorithm
+from ..algorithms.components import ComponentSelection, Selection
 from ..analysis.summary import EXACT_FIELDS, SUMMARY_FIELDS
 from ..config import Config
 from ..errors import UserError
-from ..logs.hdf5 import ModelSpec, RunLog
+from ..logs.hdf5 import ModelSpec, RunLog, check_output
 from ..provenance import git_commit, mpi_library, versions
 from . import loop
 from .device import choose_device, group_size
@@ -36,7 +38,7 @@ def _summary_specs(client_specs: dict, num_components: int) -> dict:
 
 
 def _create_log(config: Config, scenario, algorithm, channels, out: Path, overwrite: bool, world_size: int,
-                command: str) -> RunLog:
+                command: str, selection: Selection | None = None) -> RunLog:
     truth = {name: value for name, value in (("true_proportions", scenario.true_proportions()),
                                              ("component_counts", scenario.component_counts()),
                                              ("exact_responsibilities", scenario.exact_responsibilities()))
@@ -59,6 +61,7 @@ def _create_log(config: Config, scenario, algorithm, channels, out: Path, overwr
         num_test=np.array([len(c.x_test) for c in scenario.clients]),
         truth=truth, client_specs=client_specs, server_specs=algorithm.server_metric_specs(),
         summary_specs=_summary_specs(client_specs, scenario.num_components), model=model,
+        component_selection=None if selection is None else selection.log_entries(),
     )
 
 
@@ -91,6 +94,40 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def _choose_components(config: Config, scenario, comm, quiet: bool) -> Selection:
+    """algorithm.num_components=auto: the federated pre-pass of algorithms/components.py, on the
+    same ranks and transport as the run; every rank learns the choice (rank 0 decides)."""
+    selector = ComponentSelection(config, scenario)
+    size = comm.Get_size()
+    dense = dataclasses.replace(config, compression=config_mod.CompressionConfig())  # no model travels
+    channels = compression.build(dense, selector)
+    if size > 1:
+        transport = MPITransport(comm, list(selector.metric_specs()), config.runtime.poll_interval_ms)
+    else:
+        transport = loop.SerialTransport()
+    bytes_up = np.zeros(len(scenario.clients))
+
+    def count(record: loop.RoundRecord) -> None:
+        bytes_up[:] += record.bytes_up
+
+    if comm.Get_rank() == 0 and not quiet:
+        click.echo(f"choosing K from {config.algorithm.auto_min_components} to "
+                   f"{config.algorithm.auto_max_components} components (algorithm.num_components=auto)", err=True)
+    state = loop.run(selector, scenario, channels, transport, on_round=count)
+    chosen = np.zeros(1, dtype=np.int64)
+    selection = None
+    if comm.Get_rank() == 0:
+        seen = np.array([c.seen for c in scenario.clients])
+        selection = selector.result(state, float(bytes_up[seen].mean()) if seen.any() else 0.0)
+        chosen[0] = selection.chosen
+        click.echo(selection.describe(), err=True)
+    if size > 1:
+        comm.Bcast(chosen, root=0)
+    if selection is None:  # a worker rank needs only the number
+        selection = Selection(selector.candidates, np.zeros(0), np.zeros((0, 0)), np.zeros(0), int(chosen[0]), 0, 0.0)
+    return selection
+
+
 def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, overwrite: bool, quiet: bool,
                 command: str) -> None:
     """Every UserError this raises is raised on all ranks alike (agreed before any other collective)."""
@@ -105,7 +142,7 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
 
     # Setup that may fail on some ranks only (a config file or data file missing on one node, an
     # unwritable log on rank 0) ends the job on all of them, with the lowest rank's message.
-    error, scenario, log, device = None, None, None, torch.device("cpu")
+    error, scenario, log, device, selection = None, None, None, torch.device("cpu"), None
     node_rank = local_rank(comm) if size > 1 else 0
     try:
         config = config_mod.load(config_file, overrides)
@@ -113,10 +150,25 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
             torch.set_num_threads(config.runtime.threads_per_rank)
         scenario = scenarios.build(config)
         device = choose_device(config.runtime.device, node_rank) if (rank > 0 or size == 1) else torch.device("cpu")
-        algorithm = build_algorithm(config, scenario, device)
+        if rank == 0:
+            check_output(out, overwrite)  # before any work: choosing K takes rounds
+    except UserError as exc:
+        error = str(exc)
+    if size > 1:
+        error = agree_on_errors(comm, error)
+    if error is not None:
+        raise UserError(error)
+
+    num_components = config.algorithm.num_components
+    if num_components == "auto":
+        selection = _choose_components(config, scenario, comm, quiet)
+        num_components = selection.chosen
+    try:
+        algorithm = build_algorithm(config, scenario, device,
+                                    None if num_components == "scenario" else int(num_components))
         channels = compression.build(config, algorithm)
         if rank == 0:
-            log = _create_log(config, scenario, algorithm, channels, out, overwrite, size, command)
+            log = _create_log(config, scenario, algorithm, channels, out, overwrite, size, command, selection)
     except UserError as exc:
         error = str(exc)
     if size > 1:
