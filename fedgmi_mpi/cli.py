@@ -158,7 +158,8 @@ def infer(log_path: str, data: str, out: str | None, clients: str | None, level:
     target = inference_output.check_target(out)
     model = read_model(log_path)
     # a Gaussian-likelihood model takes real-valued features; a Bernoulli one needs x in [0, 1]
-    arrays = read_arrays(data, required=("x",), num_components=model.num_components,
+    true_components = int(model.config.get("scenario", {}).get("num_components", model.num_components))
+    arrays = read_arrays(data, required=("x",), num_components=true_components,
                          unit_range=model.description.get("likelihood", "bernoulli") != "gaussian")
     ids = parse_clients(clients, np.unique(arrays["client"]) if "client" in arrays else np.zeros(1, dtype=np.int64))
     results = infer_clients(model, arrays, ids, level=level, prior=prior, draws=draws, seed=seed,

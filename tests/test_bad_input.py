@@ -52,6 +52,11 @@ def _existing_output(d):
     return ["run", *small_args(), "--out", str(d / "out.h5")]
 
 
+def _existing_output_auto(d):  # refused before the rounds that choose K, not after them
+    (d / "out.h5").write_bytes(b"an earlier log")
+    return ["run", *small_args("algorithm.num_components=auto"), "--out", str(d / "out.h5")]
+
+
 def _existing_partial(d):
     (d / "out.h5.partial").write_bytes(b"a run that died")
     return ["run", *small_args(), "--out", str(d / "out.h5")]
@@ -104,6 +109,10 @@ CASES = [
     ("unknown compression", _set("compression.uplink=zip"), "compression.uplink must be auto or one of"),
     ("impossible budget", _set("compression.uplink_bits=0.00001"), "the smallest budget that works is"),
     ("unknown scenario", _set("scenario.name=cifar"), "scenario.name must be one of"),
+    ("K to fit not a number", _set("algorithm.num_components=lots"), "algorithm.num_components must be scenario, auto"),
+    ("another K for a baseline", _set("algorithm.name=ifca", "algorithm.num_components=3"), "needs algorithm.name in fedgmi"),
+    ("K range upside down", _set("algorithm.num_components=auto", "algorithm.auto_min_components=5",
+                                 "algorithm.auto_max_components=2"), "auto_min_components and auto_max_components"),
     ("K beyond the data", _set("scenario.num_components=6"), "must be 1..4 for rotated_digits"),
     ("label group beyond the classes", _set("scenario.name=label_groups", "scenario.components=0,1; 10,11",
                                             "scenario.num_components=2"), "classes must lie in 0..9"),
@@ -132,6 +141,7 @@ CASES = [
     ("client without test samples", _npz_run("notest.npz", **_with(test=np.zeros(40, bool))),
      "needs at least one training and one test sample"),
     ("existing output", _existing_output, "exists; pass --overwrite"),
+    ("existing output, K from the data", _existing_output_auto, "exists; pass --overwrite"),
     ("existing .partial", _existing_partial, "a run that did not finish?"),
     ("unwritable folder", _unwritable, "is not writable"),
     ("missing output folder", lambda d: ["run", *small_args(), "--out", str(d / "no" / "out.h5")], "does not exist"),

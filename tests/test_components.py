@@ -77,6 +77,12 @@ def test_auto_run_logs_how_k_was_chosen_and_scores_another_k(tmp_path):
     assert len(run.matching) == 2 and run.proportions().shape == (len(run.clients), 2)
     with h5py.File(out6, "r") as f:
         assert f["evaluate/proportions"].shape[2] == 4 and "component_selection" not in f
+    # the saved 4-component model infers new clients of the 2-component data, scored rectangularly
+    data = tmp_path / "two.npz"
+    assert run_cli(["export-scenario", *small_args("scenario.num_components=2"), "--out", str(data)]).returncode == 0
+    result = run_cli(["infer", "--log", str(out6), "--data", str(data), "--clients", "8-9", "--draws", "200"])
+    assert result.returncode == 0, result.stderr
+    assert "proportion MAE vs actual counts" in result.stdout
 
 
 def test_selection_is_the_same_on_any_number_of_ranks(tmp_path):

@@ -2,12 +2,13 @@
 import numpy as np
 
 from fedgmi_mpi import scenarios
+from fedgmi_mpi.algorithms.components import ComponentSelection
 from fedgmi_mpi.algorithms.fedgmi import FedGMI
 from fedgmi_mpi import compression
 from fedgmi_mpi.runtime import loop
 
 
-def _train(config, scramble: bool):
+def _scenario(config, scramble: bool):
     scenario = scenarios.build(config)
     if scramble:
         rng = np.random.default_rng(123)
@@ -15,6 +16,11 @@ def _train(config, scramble: bool):
             client.true_components_train = rng.integers(0, 4, client.num_train)
             client.true_components_test = rng.integers(0, 4, len(client.x_test))
             client.true_proportions = rng.dirichlet(np.ones(4))
+    return scenario
+
+
+def _train(config, scramble: bool):
+    scenario = _scenario(config, scramble)
     proportions = []
 
     def record(r):
@@ -32,3 +38,14 @@ def test_scrambled_truth_leaves_training_unchanged(small_config):
     assert np.array_equal(state_a.params, state_b.params)
     assert np.array_equal(state_a.topics, state_b.topics)
     assert np.array_equal(proportions_a, proportions_b, equal_nan=True)  # NaN: clients that sat a round out
+
+
+def test_scrambled_truth_leaves_the_choice_of_k_unchanged(small_config):
+    """algorithm.num_components=auto: the selection's held-out scores are the same with any truth."""
+    scores = []
+    for scramble in (False, True):
+        scenario = _scenario(small_config, scramble)
+        selector = ComponentSelection(small_config, scenario)
+        state = loop.run(selector, scenario, compression.build(small_config, selector), loop.SerialTransport())
+        scores.append(selector.result(state, 0.0).heldout_log_likelihood)
+    assert np.array_equal(scores[0], scores[1])

@@ -180,7 +180,6 @@ def local_m_step(
     label_weight: float,
     generators: list[torch.Generator],
     elbo_fn: Callable[[vae.Params, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = vae.elbo,
-    split_elbo_fn: Callable | None = None,
 ) -> torch.Tensor:
     """FedGMI's M-step: each client trains its own copy of every component on its
     responsibility-weighted loss; returns the trained parameters [G, K, P].
@@ -198,15 +197,6 @@ def local_m_step(
     def loss(matrix: torch.Tensor, index: torch.Tensor, batch_mask: torch.Tensor) -> torch.Tensor:
         sizes = batch_mask.sum(1).tolist()
         noise = stacked_normal(generators, [(k, s, z) for s in sizes], (k, index.shape[1], z), axis=1)
-        if split_elbo_fn is not None:
-            rec, encoder_elbo, logits = split_elbo_fn(layout.unflatten(matrix), x[rows, index], noise)
-            labels = y[rows, index].unsqueeze(1).expand(-1, k, -1)
-            nll_y = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                    reduction="none").reshape(rec.shape)
-            w = (weights[rows, index] * batch_mask.unsqueeze(2)).permute(0, 2, 1).contiguous()  # [G, K, B]
-            u = batch_mask.to(rec.dtype).unsqueeze(1)  # [G, 1, B]
-            return ((w * (-rec + label_weight * nll_y)).sum(2) / w.sum(2).clamp_min(1e-8)
-                    + (u * -encoder_elbo).sum(2) / u.sum(2).clamp_min(1e-8))
         elbo, logits = elbo_fn(layout.unflatten(matrix), x[rows, index], noise)
         labels = y[rows, index].unsqueeze(1).expand(-1, k, -1)
         nll_y = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),

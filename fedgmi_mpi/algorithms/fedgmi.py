@@ -102,7 +102,7 @@ class FedGMI(GroupAlgorithmBase):
 
     def model_layout(self) -> ModelLayout:
         k = self.num_components
-        largest_control = pack([np.zeros(2), np.zeros((k, self.cfg.codebook_size))])  # warm-up: control + topics
+        largest_control = pack([np.zeros(3), np.zeros((k, self.cfg.codebook_size))])  # warm-up: control + topics
         return ModelLayout(rows=k, row_size=self.layout.per_component, segments=tuple(self.layout.sizes),
                            control_bytes=4 * largest_control.size)
 
@@ -120,20 +120,12 @@ class FedGMI(GroupAlgorithmBase):
     def client_state_spec(self) -> dict[str, tuple[int, ...]]:
         """What a client keeps between its rounds (everything else is its data or recomputed)."""
         k = self.num_components
-        spec = {"proportions": (k,), "topic_weights": (self.cfg.topic_restarts, k)}
-        if self.cfg.likelihood_smoothing < 1:
-            spec["estep_log_likelihood"] = (self.max_train, k)
-            spec["estep_started"] = (1,)
-        return spec
+        return {"proportions": (k,), "topic_weights": (self.cfg.topic_restarts, k)}
 
     def init_client(self, client: ClientData) -> dict[str, np.ndarray]:
         k = self.num_components
-        state = {"proportions": np.full(k, np.float32(1.0 / k)),
-                 "topic_weights": np.full((self.cfg.topic_restarts, k), 1.0 / k)}
-        if self.cfg.likelihood_smoothing < 1:
-            state["estep_log_likelihood"] = np.zeros((self.max_train, k))
-            state["estep_started"] = np.zeros(1)
-        return state
+        return {"proportions": np.full(k, np.float32(1.0 / k)),
+                "topic_weights": np.full((self.cfg.topic_restarts, k), 1.0 / k)}
 
     # ---- server -------------------------------------------------------------------------
     def init_server(self) -> ServerState:
@@ -160,7 +152,7 @@ class FedGMI(GroupAlgorithmBase):
         if phase == "evaluate":
             return self.plan.evaluation(state.round, state.params)
         warmup = state.train_round < self.warmup_rounds
-        control = np.array([float(warmup), float(state.best_restart)])
+        control = np.array([float(warmup), float(state.best_restart), self._tempering(state.train_round)])
         # A client computes its initial responsibilities in its first warm-up round, which with
         # cohorts may be any of them: the topic table travels in every warm-up round.
         best_topics = state.topics[state.best_restart] if warmup else np.zeros((0, 0))
@@ -179,6 +171,14 @@ class FedGMI(GroupAlgorithmBase):
         if broadcast.phase == "train":
             return UploadLayout(self.num_components, self.layout.per_component, 0)
         return UploadLayout(0, 0, 0)
+
+    def _tempering(self, train_round: int) -> float:
+        """beta of the M-step's weights this round: mstep_tempering at the first E-step round, moving
+        linearly to mstep_tempering_final at the last."""
+        start, final = self.cfg.mstep_tempering, self.cfg.mstep_tempering_final
+        span = self.cfg.rounds - 1 - self.warmup_rounds
+        progress = min(max((train_round - self.warmup_rounds) / span, 0.0), 1.0) if span > 0 else 1.0
+        return float(np.float32(start + (final - start) * progress))
 
     def aggregate(self, state: ServerState, broadcast: Broadcast, summed: Summed) -> Aggregated:
         state.round += 1
@@ -317,40 +317,30 @@ class FedGMI(GroupAlgorithmBase):
 
     def _training_responsibilities(self, clients: list[ClientData], states: list[dict[str, np.ndarray]], batch: Batch,
                                    log_likelihood: torch.Tensor, logits: torch.Tensor, warmup: bool,
-                                   best_restart: int, best_topics: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(proportions [G, K], responsibilities [G, N, K]) a training round trains on: the topic
-        model's during warm-up, then the E-step's."""
+                                   best_restart: int, best_topics: np.ndarray,
+                                   tempering: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(proportions [G, K], responsibilities [G, N, K], the M-step's weights [G, N, K]) of a
+        training round: the topic model's during warm-up, then the E-step's; the weights are the
+        responsibilities tempered, r ∝ pi p^tempering (the proportions stay maximum likelihood)."""
         if warmup:
             resp = torch.zeros_like(log_likelihood)
             for g, (client, state) in enumerate(zip(clients, states)):
                 resp[g, : client.num_train] = torch.as_tensor(topics.initial_responsibilities(
                     self._words(client), state["topic_weights"][best_restart], best_topics.astype(np.float64)))
-            proportions = em.masked_mean(resp, batch.mask)
-        else:
-            estep_ll = log_likelihood
-            if self.cfg.estep_uses_labels:
-                labels = batch.y.unsqueeze(1).expand(-1, self.num_components, -1).unsqueeze(3)
-                estep_ll = log_likelihood + torch.log_softmax(logits, -1).gather(3, labels).squeeze(3).transpose(1, 2)
-            eta = self.cfg.likelihood_smoothing
-            if eta < 1:
-                old = torch.as_tensor(np.stack([s["estep_log_likelihood"] for s in states]), dtype=torch.float32,
-                                      device=self.device)
-                started = torch.as_tensor(np.stack([s["estep_started"] for s in states]), dtype=torch.bool,
-                                          device=self.device)[:, :, None]
-                estep_ll = torch.where(started, (1 - eta) * old + eta * estep_ll, estep_ll)
-                for state, value in zip(states, estep_ll.double().cpu().numpy()):
-                    state["estep_log_likelihood"][:] = value
-                    state["estep_started"][:] = 1
-            prior = torch.as_tensor(np.stack([s["proportions"] for s in states]), dtype=torch.float32, device=self.device)
-            proportions, resp = em.fit_proportions(estep_ll, batch.mask, prior, self.cfg.proportion_iterations)
-            if self.cfg.estep_temperature != 1:
-                resp = em.responsibilities(self.cfg.estep_temperature * estep_ll, proportions)
-        return proportions, resp
+            return em.masked_mean(resp, batch.mask), resp, resp
+        estep_ll = log_likelihood
+        if self.cfg.estep_uses_labels:
+            labels = batch.y.unsqueeze(1).expand(-1, self.num_components, -1).unsqueeze(3)
+            estep_ll = log_likelihood + torch.log_softmax(logits, -1).gather(3, labels).squeeze(3).transpose(1, 2)
+        prior = torch.as_tensor(np.stack([s["proportions"] for s in states]), dtype=torch.float32, device=self.device)
+        proportions, resp = em.fit_proportions(estep_ll, batch.mask, prior, self.cfg.proportion_iterations)
+        weights = resp if tempering == 1 else em.responsibilities(tempering * estep_ll, proportions)
+        return proportions, resp, weights
 
     def _train_group(self, broadcast: Broadcast, clients: list[ClientData],
                      states: list[dict[str, np.ndarray]]) -> list[ClientUpload]:
         control, best_topics = unpack(broadcast.payload)
-        warmup, best_restart = bool(control[0]), int(control[1])
+        warmup, best_restart, tempering = bool(control[0]), int(control[1]), float(control[2])
         start = torch.as_tensor(broadcast.model, device=self.device)
         params = self.layout.unflatten(start.expand(len(clients), *start.shape))
         generators = self._generators(clients, rngs.CLIENT_TRAIN, broadcast.round)
@@ -359,17 +349,16 @@ class FedGMI(GroupAlgorithmBase):
         noise = self._noise(generators, self.cfg.estep_samples, counts, self.max_train)
         log_px, logits = self.model.iw_log_likelihood(params, batch.x, noise)
         log_likelihood = log_px.transpose(1, 2)  # [G, N, K]
-        proportions, resp = self._training_responsibilities(clients, states, batch, log_likelihood, logits, warmup,
-                                                             best_restart, best_topics)
+        proportions, resp, mstep_weights = self._training_responsibilities(
+            clients, states, batch, log_likelihood, logits, warmup, best_restart, best_topics, tempering)
         metrics = self._metrics(clients, batch, params, proportions, log_likelihood, resp, self.cfg.test_samples,
                                 generators)
         for state, value in zip(states, proportions.cpu().numpy()):
             state["proportions"][:] = value
-        weights = resp * batch.mask.unsqueeze(2)
+        weights = mstep_weights * batch.mask.unsqueeze(2)
         trained = em.local_m_step(self.layout, start, batch.x, batch.y, batch.counts, weights, self.cfg.local_epochs,
                                   self.cfg.batch_size, self.cfg.lr, self.cfg.label_weight, generators,
-                                  elbo_fn=self.model.elbo,
-                                  split_elbo_fn=self.model.split_elbo if self.cfg.encoder_weights == "uniform" else None)
+                                  elbo_fn=self.model.elbo)
         delta = (trained - start).cpu().numpy()
         mass = weights.sum(1).double().cpu().numpy()
         return [ClientUpload(delta=delta[g], weights=mass[g], statistics=np.zeros(0), metrics=metrics[g])

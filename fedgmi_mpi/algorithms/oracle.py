@@ -33,9 +33,10 @@ class Oracle(FedGMI):
 
     def _training_responsibilities(self, clients: list[ClientData], states: list[dict[str, np.ndarray]], batch: Batch,
                                    log_likelihood: torch.Tensor, logits: torch.Tensor, warmup: bool,
-                                   best_restart: int, best_topics: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+                                   best_restart: int, best_topics: np.ndarray,
+                                   tempering: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         resp = torch.zeros_like(log_likelihood)
         for g, client in enumerate(clients):
             truth = torch.as_tensor(client.true_components_train, device=resp.device)
             resp[g, torch.arange(client.num_train, device=resp.device), truth] = 1.0
-        return em.masked_mean(resp, batch.mask), resp
+        return em.masked_mean(resp, batch.mask), resp, resp

@@ -29,7 +29,7 @@ from .. import rng as rngs
 from ..algorithms import em
 from ..errors import UserError
 from ..models import DensityModel, vae
-from .metrics import confusion, match_components
+from .metrics import aligned, confusion, match_components
 from .model import SavedModel
 
 INFER = 7  # the posterior sampler's stream purpose (rng.py keeps 1..6)
@@ -114,6 +114,7 @@ def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.
     samples = importance_samples or int(model.config.get("algorithm", {}).get("eval_samples", 64))
     owner = arrays.get("client", np.zeros(len(x_all), dtype=np.int64))
     k = shape.num_components
+    true_k = int(model.config.get("scenario", {}).get("num_components", k))  # the data's K; the run may fit another
     tail = (1 - level) / 2
     out = []
     for cid in clients:
@@ -142,7 +143,7 @@ def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.
         actual, true_components = None, None
         if "component" in arrays:
             true_components = arrays["component"][used].astype(np.int64)
-            actual = np.bincount(true_components, minlength=k)[:k] / len(used)
+            actual = np.bincount(true_components, minlength=true_k)[:true_k] / len(used)
         dirichlet = arrays["proportions"][cid] if "proportions" in arrays and cid < len(arrays["proportions"]) else None
         out.append(ClientInference(
             client=int(cid), sample_index=used, proportions=estimate_np, posterior_mean=draws_p.mean(0),
@@ -185,25 +186,30 @@ def score(results: list[ClientInference], matching: np.ndarray | None) -> Scores
     if not results or results[0].actual is None and results[0].dirichlet is None:
         return None
     k = len(results[0].proportions)
+    reference = results[0].actual if results[0].actual is not None else results[0].dirichlet
     source = "the run's final evaluation"
     if matching is None:
         if results[0].actual is None:
             return None
-        matching = match_components(_confusion(results, k))
+        matching = match_components(_confusion(results, len(reference)))
         source = "these samples (Hungarian)"
 
     def mean_error(reference_of) -> float:
-        refs = [(r.proportions[matching], reference_of(r)) for r in results if reference_of(r) is not None]
+        refs = [aligned(r.proportions, reference_of(r), matching) for r in results if reference_of(r) is not None]
         return float(np.mean([np.abs(p - t).mean() for p, t in refs])) if refs else float("nan")
 
     def covered(low_of, high_of, reference_of) -> float:
-        hits = [(low_of(r)[matching] <= reference_of(r)) & (reference_of(r) <= high_of(r)[matching])
-                for r in results if reference_of(r) is not None]
-        return float(np.mean(hits)) if hits else float("nan")
+        hits = []
+        for r in results:
+            if reference_of(r) is not None:
+                low, truth = aligned(low_of(r), reference_of(r), matching)
+                high, _ = aligned(high_of(r), reference_of(r), matching)
+                hits.append((low <= truth) & (truth <= high))
+        return float(np.mean(np.concatenate(hits))) if hits else float("nan")
 
     return Scores(matching, source, mean_error(lambda r: r.actual), mean_error(lambda r: r.dirichlet),
                   covered(lambda r: r.lower, lambda r: r.upper, lambda r: r.dirichlet),
-                  covered(lambda r: r.share_lower, lambda r: r.share_upper, lambda r: r.actual), len(results) * k)
+                  covered(lambda r: r.share_lower, lambda r: r.share_upper, lambda r: r.actual), len(results) * max(k, len(reference)))
 
 
 def _confusion(results: list[ClientInference], k: int) -> np.ndarray:

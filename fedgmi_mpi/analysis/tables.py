@@ -92,7 +92,7 @@ def format_text(head: dict[str, Any]) -> str:
              f"best round {head['best_round']} (train round {head['best_train_round']}: MAE {fmt(head['best_proportion_mae'])}, "
              f"accuracy {fmt(head['best_accuracy'])})"]
     if head["matching"] is not None:
-        pairs = ", ".join(f"true {t} <- learned {k_}" for t, k_ in enumerate(head["matching"]))
+        pairs = ", ".join(f"true {t} <- " + (f"learned {k_}" if k_ >= 0 else "none") for t, k_ in enumerate(head["matching"]))
         lines.append(f"  matching (Hungarian, final evaluation; used for every metric below): {pairs}")
     lines.append("                                     seen      unseen")
     rows = [("proportion MAE vs actual counts", "proportion_mae"), ("proportion RMSE vs actual counts", "proportion_rmse"),

@@ -58,11 +58,6 @@ class DensityModel:
         """One-sample ELBO [G, K, B] (noise [G, K, B, Z]) and class logits [G, K, B, C]."""
         return self.network.elbo(params, x, noise)
 
-    def split_elbo(self, params: Params, x: torch.Tensor,
-                   noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """vae.split_elbo_of for this model: (decoder's reconstruction, encoder's ELBO, class logits)."""
-        return vae.split_elbo_of(self.network.encode, self.network.decode, params, x, noise)
-
     def iw_log_likelihood(self, params: Params, x: torch.Tensor, noise: torch.Tensor,
                           chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Importance-weighted log p_k(x) [G, K, B] (noise [G, S, K, B, Z]) and class logits [G, K, B, C]."""

@@ -198,20 +198,6 @@ def elbo_of(encoder: Encoder, decoder: Decoder, params: Params, x: torch.Tensor,
     return rec - kl, class_logits(params, h)
 
 
-def split_elbo_of(encoder: Encoder, decoder: Decoder, params: Params, x: torch.Tensor,
-                  noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The one-sample ELBO split by who learns from it: (reconstruction [G, K, B] whose gradient
-    reaches only the decoder, ELBO [G, K, B] whose gradient reaches only the encoder, class
-    logits [G, K, B, C]). Lets the M-step weight the two parts differently."""
-    mu, logvar, h = encoder(params, x)
-    z = mu + noise * torch.exp(0.5 * logvar)
-    decoder_rec = log_likelihood(params, x, decoder(params, z.detach().unsqueeze(1))).squeeze(1)
-    frozen = {name: value.detach() for name, value in params.items()}
-    encoder_rec = log_likelihood(frozen, x, decoder(frozen, z.unsqueeze(1))).squeeze(1)
-    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
-    return decoder_rec, encoder_rec - kl, class_logits(params, h)
-
-
 @torch.no_grad()
 def iw_log_likelihood(params: Params, x: torch.Tensor, noise: torch.Tensor,
                       chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
