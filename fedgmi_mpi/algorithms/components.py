@@ -172,7 +172,7 @@ class ComponentSelection:
             return Aggregated(state, {})
         statistics, offset = summed.statistics, 0
         loglik, heldout = np.zeros((len(self.blocks), self.restarts)), np.zeros((len(self.blocks), self.restarts))
-        for i, block in enumerate(self.blocks):
+        for i in range(len(self.blocks)):
             r, k, m = state.topics[i].shape
             expected = statistics[offset: offset + r * k * m].reshape(r, k, m)
             offset += r * k * m

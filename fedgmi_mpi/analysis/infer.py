@@ -209,7 +209,8 @@ def score(results: list[ClientInference], matching: np.ndarray | None) -> Scores
 
     return Scores(matching, source, mean_error(lambda r: r.actual), mean_error(lambda r: r.dirichlet),
                   covered(lambda r: r.lower, lambda r: r.upper, lambda r: r.dirichlet),
-                  covered(lambda r: r.share_lower, lambda r: r.share_upper, lambda r: r.actual), len(results) * max(k, len(reference)))
+                  covered(lambda r: r.share_lower, lambda r: r.share_upper, lambda r: r.actual),
+                  len(results) * max(k, len(reference)))
 
 
 def _confusion(results: list[ClientInference], k: int) -> np.ndarray:
