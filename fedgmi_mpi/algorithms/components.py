@@ -75,13 +75,14 @@ class Selection:
     chosen: int
     rounds: int
     bytes_up_per_client: float
+    seconds: float  # wall time of the pre-pass on rank 0
 
     def log_entries(self) -> dict:
         """What the log's /component_selection group holds."""
         return {"candidates": self.candidates, "vocabularies": self.vocabularies,
                 "heldout_log_likelihood": self.heldout_log_likelihood, "best": self.best,
                 "chosen": np.array(self.chosen), "rounds": np.array(self.rounds),
-                "bytes_up_per_client": np.array(self.bytes_up_per_client),
+                "bytes_up_per_client": np.array(self.bytes_up_per_client), "seconds": np.array(self.seconds),
                 "method": "held-out codeword likelihood of the federated topic model, per codebook size; "
                           "the largest of the best K",
                 "description": self.describe()}
@@ -89,7 +90,8 @@ class Selection:
     def describe(self) -> str:
         picks = ", ".join(f"{m} codewords: K={k}" for m, k in zip(self.vocabularies, self.best))
         return (f"chose K={self.chosen} from {self.candidates[0]}..{self.candidates[-1]} by held-out codeword "
-                f"likelihood (best per codebook: {picks}; the largest wins)")
+                f"likelihood (best per codebook: {picks}; the largest wins) in {self.rounds} rounds, "
+                f"{self.seconds:.1f} s, {self.bytes_up_per_client / 2**20:.1f} MiB up per client")
 
 
 class ComponentSelection:
@@ -185,7 +187,7 @@ class ComponentSelection:
         state.done = converged or state.iteration >= ITERATIONS
         return Aggregated(state, {})
 
-    def result(self, state: SelectionState, bytes_up_per_client: float) -> Selection:
+    def result(self, state: SelectionState, bytes_up_per_client: float, seconds: float = 0.0) -> Selection:
         """The choice, from the last topics round: per codebook and K, the held-out score of each
         half's best-fitting restart, summed over the halves."""
         scores = np.zeros((len(VOCABULARIES), len(self.candidates)))
@@ -194,7 +196,7 @@ class ComponentSelection:
             scores[block.vocabulary, block.k - self.candidates[0]] += state.heldout[i, best_restart]
         best = self.candidates[np.argmax(scores, axis=1)]
         return Selection(self.candidates, np.array([len(c) for c in state.codebooks]), scores, best, int(best.max()),
-                         state.round, bytes_up_per_client)
+                         state.round, bytes_up_per_client, seconds)
 
     # ---- client ----------------------------------------------------------------------------
     def _vocabulary_sizes(self) -> list[int]:

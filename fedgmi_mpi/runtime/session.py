@@ -113,18 +113,21 @@ def _choose_components(config: Config, scenario, comm, quiet: bool) -> Selection
     if comm.Get_rank() == 0 and not quiet:
         click.echo(f"choosing K from {config.algorithm.auto_min_components} to "
                    f"{config.algorithm.auto_max_components} components (algorithm.num_components=auto)", err=True)
+    started = time.perf_counter()
     state = loop.run(selector, scenario, channels, transport, on_round=count)
     chosen = np.zeros(1, dtype=np.int64)
     selection = None
     if comm.Get_rank() == 0:
         seen = np.array([c.seen for c in scenario.clients])
-        selection = selector.result(state, float(bytes_up[seen].mean()) if seen.any() else 0.0)
+        selection = selector.result(state, float(bytes_up[seen].mean()) if seen.any() else 0.0,
+                                    time.perf_counter() - started)
         chosen[0] = selection.chosen
         click.echo(selection.describe(), err=True)
     if size > 1:
         comm.Bcast(chosen, root=0)
     if selection is None:  # a worker rank needs only the number
-        selection = Selection(selector.candidates, np.zeros(0), np.zeros((0, 0)), np.zeros(0), int(chosen[0]), 0, 0.0)
+        selection = Selection(selector.candidates, np.zeros(0), np.zeros((0, 0)), np.zeros(0), int(chosen[0]), 0, 0.0,
+                              0.0)
     return selection
 
 
