@@ -79,10 +79,9 @@ class AlgorithmConfig:
     proportion_iterations: int = 20  # EM iterations on pi per E-step, likelihoods held fixed
     # The M-step trains on r_ik ∝ pi_ck p_k(x_i)^beta (the proportions stay maximum likelihood, beta = 1):
     # beta < 1 damps the feedback that makes one component take over its twin's ambiguous samples
-    # (the drift, docs/algorithm.md). beta goes from mstep_tempering to mstep_tempering_final over the
-    # E-step rounds (linearly; equal values: constant).
+    # (the drift, docs/algorithm.md), for the first mstep_tempering_rounds E-step rounds (-1: all).
     mstep_tempering: float = 0.5
-    mstep_tempering_final: float = 0.5
+    mstep_tempering_rounds: int = 60
     init: str = "topics"  # "topics" (codebook + federated topic model) or "random"
     codebook_size: int = 64
     codebook_lloyd_iterations: int = 6
@@ -299,8 +298,8 @@ def validate(config: Config) -> None:
     _require(a.label_weight >= 0, "algorithm.label_weight must be >= 0")
     _require(a.estep_samples >= 1 and a.test_samples >= 1 and a.eval_samples >= 1, "algorithm.*_samples must be >= 1")
     _require(a.proportion_iterations >= 1, "algorithm.proportion_iterations must be >= 1")
-    _require(0 < a.mstep_tempering <= 1 and 0 < a.mstep_tempering_final <= 1,
-             "algorithm.mstep_tempering and mstep_tempering_final must be in (0, 1]")
+    _require(0 < a.mstep_tempering <= 1, "algorithm.mstep_tempering must be in (0, 1]")
+    _require(a.mstep_tempering_rounds >= -1, "algorithm.mstep_tempering_rounds must be >= 0, or -1 (every E-step round)")
     _require(a.init in ("topics", "random"), f"algorithm.init must be topics or random, got {a.init!r}")
     _require(a.codebook_size >= 2, "algorithm.codebook_size must be >= 2")
     _require(a.codebook_lloyd_iterations >= 1, "algorithm.codebook_lloyd_iterations must be >= 1")

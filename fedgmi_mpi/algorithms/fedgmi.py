@@ -173,12 +173,12 @@ class FedGMI(GroupAlgorithmBase):
         return UploadLayout(0, 0, 0)
 
     def _tempering(self, train_round: int) -> float:
-        """beta of the M-step's weights this round: mstep_tempering at the first E-step round, moving
-        linearly to mstep_tempering_final at the last."""
-        start, final = self.cfg.mstep_tempering, self.cfg.mstep_tempering_final
-        span = self.cfg.rounds - 1 - self.warmup_rounds
-        progress = min(max((train_round - self.warmup_rounds) / span, 0.0), 1.0) if span > 0 else 1.0
-        return float(np.float32(start + (final - start) * progress))
+        """beta of the M-step's weights this round: mstep_tempering for the first
+        mstep_tempering_rounds E-step rounds (all of them with -1), then 1."""
+        tempered = self.cfg.mstep_tempering_rounds
+        if tempered == -1 or train_round - self.warmup_rounds < tempered:
+            return float(np.float32(self.cfg.mstep_tempering))
+        return 1.0
 
     def aggregate(self, state: ServerState, broadcast: Broadcast, summed: Summed) -> Aggregated:
         state.round += 1
