@@ -7,6 +7,7 @@ from conftest import run_cli, run_mpi, small_args
 from fedgmi_mpi import config as config_mod
 from fedgmi_mpi import scenarios
 from fedgmi_mpi.algorithms.components import ComponentSelection
+from fedgmi_mpi.algorithms.fedgmi import moving_together
 from fedgmi_mpi.analysis import load
 from fedgmi_mpi.analysis.metrics import aligned, assignment_accuracy, match_components, proportion_errors
 from fedgmi_mpi.compression import build as build_channels
@@ -35,6 +36,21 @@ def test_matching_is_rectangular_and_spare_mass_counts_as_error():
     p = match_components(square)
     est, ref = np.array([[0.6, 0.4]]), np.array([[0.5, 0.5]])
     assert proportion_errors(est, ref, p)["mae"] == np.abs(est[:, p] - ref).mean()
+
+
+def _summed(proportions: np.ndarray) -> np.ndarray:
+    return sum(np.concatenate([p, np.outer(p, p).ravel(), [1.0]]) for p in proportions)
+
+
+def test_parts_of_one_distribution_move_together():
+    rng = np.random.default_rng(0)
+    true = rng.dirichlet(np.full(3, 0.4), size=40)
+    share = rng.uniform(0.3, 0.7, size=40)  # a spare component took part of true component 0
+    learned = np.column_stack([true[:, 0] * share, true[:, 1], true[:, 2], true[:, 0] * (1 - share)])
+    groups, correlation = moving_together(_summed(learned), 4)
+    assert groups == ((0, 3), (1,), (2,)) and correlation[0, 3] > 0.5
+    groups, _ = moving_together(_summed(true), 3)  # distinct components are anti-correlated
+    assert groups == ((0,), (1,), (2,))
 
 
 def _select(overrides: list[str]):
@@ -77,6 +93,7 @@ def test_auto_run_logs_how_k_was_chosen_and_scores_another_k(tmp_path):
     assert len(run.matching) == 2 and run.proportions().shape == (len(run.clients), 2)
     with h5py.File(out6, "r") as f:
         assert f["evaluate/proportions"].shape[2] == 4 and "component_selection" not in f
+        assert f["evaluate/server/component_group"].shape[1] == 4  # which components move together
     # the saved 4-component model infers new clients of the 2-component data, scored rectangularly
     data = tmp_path / "two.npz"
     assert run_cli(["export-scenario", *small_args("scenario.num_components=2"), "--out", str(data)]).returncode == 0

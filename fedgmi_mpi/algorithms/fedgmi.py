@@ -34,6 +34,10 @@ from .common import Batch, GroupAlgorithmBase, client_generators
 from .base import Aggregated, Broadcast, ClientUpload, ModelLayout, Summed, UploadLayout, no_upload, pack, unpack
 
 EVAL_PROPORTION_ITERATIONS = 1000
+# Components whose proportions rise and fall together across clients (correlation above this)
+# look like parts of one inherent distribution: distinct ones are anti-correlated, since a
+# client's proportions sum to 1 (about -1/(K-1) for Dirichlet draws).
+MERGE_CORRELATION = 0.5
 
 
 @dataclass
@@ -49,6 +53,7 @@ class ServerState:
     train_round: int = 0
     last_eval_train_round: int = -1
     collapsed: set[int] = field(default_factory=set)
+    groups: tuple[tuple[int, ...], ...] = ()  # components that move together, as last reported
 
 
 class FedGMI(GroupAlgorithmBase):
@@ -97,7 +102,7 @@ class FedGMI(GroupAlgorithmBase):
             "codebook": {"codebook_size": ()},
             "topics": {"topic_log_likelihood": (r,)},
             "train": {"responsibility_mass": (k,), "warmup": ()},
-            "evaluate": {},
+            "evaluate": {"component_group": (k,)},  # the smallest component of each one's group (itself: alone)
         }
 
     def model_layout(self) -> ModelLayout:
@@ -170,7 +175,8 @@ class FedGMI(GroupAlgorithmBase):
             return UploadLayout(0, 0, r * k * m + r)
         if broadcast.phase == "train":
             return UploadLayout(self.num_components, self.layout.per_component, 0)
-        return UploadLayout(0, 0, 0)
+        k = self.num_components
+        return UploadLayout(0, 0, k + k * k + 1)  # evaluation: sums of pi_c, pi_c pi_c^T and clients
 
     def _tempering(self, train_round: int) -> float:
         """beta of the M-step's weights this round: mstep_tempering for the first
@@ -213,7 +219,19 @@ class FedGMI(GroupAlgorithmBase):
             metrics = {"responsibility_mass": mass, "warmup": np.array(float(state.train_round <= self.warmup_rounds))}
             return Aggregated(state, metrics, events)
         state.last_eval_train_round = state.train_round
-        return Aggregated(state, {})
+        groups, correlation = moving_together(summed.statistics, self.num_components)
+        events = []
+        if groups != state.groups:
+            for group in groups:
+                if len(group) > 1 and group not in state.groups:
+                    least = min(correlation[a, b] for a in group for b in group if a < b)
+                    events.append(f"evaluation at train round {state.train_round}: components "
+                                  f"{', '.join(map(str, group))} move together across clients (correlation of their "
+                                  f"proportions >= {least:.2f}): probably one inherent distribution in parts; "
+                                  "add their proportions")
+            state.groups = groups
+        labels = np.array([min(g) for k in range(self.num_components) for g in groups if k in g], dtype=np.float64)
+        return Aggregated(state, {"component_group": labels}, events)
 
     def _check_collapse(self, state: ServerState, mass: np.ndarray) -> list[str]:
         """A component whose share of the responsibility mass falls below collapse_fraction is dying:
@@ -386,4 +404,36 @@ class FedGMI(GroupAlgorithmBase):
             padded = torch.where(batch.mask.unsqueeze(2), resp, torch.nan).double().cpu().numpy()
             for g in range(len(clients)):
                 metrics[g]["responsibilities"] = padded[g]
-        return [no_upload(m) for m in metrics]
+        # the seen clients' proportions, summed with their squares: the server sees which components
+        # move together across clients (moving_together) and no single client's proportions
+        stats = [np.concatenate([p, np.outer(p, p).ravel(), [1.0]]) for p in proportions.double().cpu().numpy()]
+        return [ClientUpload(delta=None, weights=np.zeros(0), statistics=stats[g], metrics=m) if client.seen
+                else no_upload(m) for g, (client, m) in enumerate(zip(clients, metrics))]
+
+
+def moving_together(statistics: np.ndarray, k: int) -> tuple[tuple[tuple[int, ...], ...], np.ndarray]:
+    """Groups of components whose proportions are correlated above MERGE_CORRELATION across the
+    clients (linked pairs, transitively), from the summed pi_c, pi_c pi_c^T and client count;
+    and the correlation matrix [K, K]."""
+    total, outer, clients = statistics[:k], statistics[k:k + k * k].reshape(k, k), statistics[-1]
+    if clients < 3:
+        return tuple((c,) for c in range(k)), np.eye(k)
+    mean = total / clients
+    covariance = outer / clients - np.outer(mean, mean)
+    spread = np.sqrt(np.clip(np.diag(covariance), 1e-30, None))
+    correlation = covariance / np.outer(spread, spread)
+    group = list(range(k))
+
+    def root(c: int) -> int:
+        while group[c] != c:
+            c = group[c]
+        return c
+
+    for a in range(k):
+        for b in range(a + 1, k):
+            if correlation[a, b] > MERGE_CORRELATION:
+                group[root(b)] = root(a)
+    members: dict[int, list[int]] = {}
+    for c in range(k):
+        members.setdefault(root(c), []).append(c)
+    return tuple(sorted(tuple(m) for m in members.values())), correlation
