@@ -51,6 +51,11 @@ def test_parts_of_one_distribution_move_together():
     assert groups == ((0, 3), (1,), (2,)) and correlation[0, 3] > 0.5
     groups, _ = moving_together(_summed(true), 3)  # distinct components are anti-correlated
     assert groups == ((0,), (1,), (2,))
+    # a chain is not a group: 0~1 and 1~2 correlate, 0 and 2 do not
+    a, b = rng.normal(size=(2, 4000))
+    samples = np.column_stack([a, a + b, b])  # correlations 0.71, 0.71 and 0
+    groups, correlation = moving_together(_summed(samples), 3)
+    assert correlation[0, 2] < 0.5 and groups in (((0, 1), (2,)), ((0,), (1, 2)))
 
 
 def _select(overrides: list[str]):

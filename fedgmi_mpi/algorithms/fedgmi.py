@@ -412,9 +412,10 @@ class FedGMI(GroupAlgorithmBase):
 
 
 def moving_together(statistics: np.ndarray, k: int) -> tuple[tuple[tuple[int, ...], ...], np.ndarray]:
-    """Groups of components whose proportions are correlated above MERGE_CORRELATION across the
-    clients (linked pairs, transitively), from the summed pi_c, pi_c pi_c^T and client count;
-    and the correlation matrix [K, K]."""
+    """Groups of components whose proportions are correlated across the clients above
+    MERGE_CORRELATION for every pair in the group (complete linkage: a chain of pairs does not
+    make a group), from the summed pi_c, pi_c pi_c^T and client count; and the correlation
+    matrix [K, K]."""
     total, outer, clients = statistics[:k], statistics[k:k + k * k].reshape(k, k), statistics[-1]
     if clients < 3:
         return tuple((c,) for c in range(k)), np.eye(k)
@@ -422,18 +423,14 @@ def moving_together(statistics: np.ndarray, k: int) -> tuple[tuple[tuple[int, ..
     covariance = outer / clients - np.outer(mean, mean)
     spread = np.sqrt(np.clip(np.diag(covariance), 1e-30, None))
     correlation = covariance / np.outer(spread, spread)
-    group = list(range(k))
-
-    def root(c: int) -> int:
-        while group[c] != c:
-            c = group[c]
-        return c
-
-    for a in range(k):
-        for b in range(a + 1, k):
-            if correlation[a, b] > MERGE_CORRELATION:
-                group[root(b)] = root(a)
-    members: dict[int, list[int]] = {}
-    for c in range(k):
-        members.setdefault(root(c), []).append(c)
-    return tuple(sorted(tuple(m) for m in members.values())), correlation
+    groups = [[c] for c in range(k)]
+    while True:  # join the two groups whose least-correlated pair is the most correlated, while above the bar
+        best, pair = MERGE_CORRELATION, None
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                link = min(correlation[a, b] for a in groups[i] for b in groups[j])
+                if link > best:
+                    best, pair = link, (i, j)
+        if pair is None:
+            return tuple(sorted(tuple(sorted(g)) for g in groups)), correlation
+        groups[pair[0]] += groups.pop(pair[1])
