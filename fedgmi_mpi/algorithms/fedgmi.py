@@ -230,7 +230,8 @@ class FedGMI(GroupAlgorithmBase):
                                   f"proportions >= {least:.2f}): probably one inherent distribution in parts; "
                                   "add their proportions")
             state.groups = groups
-        labels = np.array([min(g) for k in range(self.num_components) for g in groups if k in g], dtype=np.float64)
+        group_of = {c: group[0] for group in groups for c in group}  # groups are sorted: [0] is the smallest
+        labels = np.array([group_of[c] for c in range(self.num_components)], dtype=np.float64)
         return Aggregated(state, {"component_group": labels}, events)
 
     def _check_collapse(self, state: ServerState, mass: np.ndarray) -> list[str]:

@@ -29,17 +29,23 @@ def match_components(pooled_confusion: np.ndarray) -> np.ndarray:
     return perm
 
 
+def in_true_order(estimated: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """estimated [..., K learned] -> [..., K true]: column t is the learned component matched to
+    t, 0 where none is (a NaN row stays NaN)."""
+    if estimated.shape[-1] == len(perm) and (perm >= 0).all():
+        return estimated[..., perm]
+    return np.where(perm >= 0, 1.0, 0.0) * estimated[..., np.maximum(perm, 0)]
+
+
 def aligned(estimated: np.ndarray, reference: np.ndarray, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Estimated [..., K learned] and reference [..., K true] side by side in true order: column t
-    holds the learned component matched to t (0 where none is), then the learned components left
-    over against 0. With K learned = K true this is estimated[..., perm] and reference itself."""
+    """Estimated [..., K learned] and reference [..., K true] side by side in true order
+    (in_true_order), then the learned components left over against 0. With K learned = K true
+    this is estimated[..., perm] and reference itself."""
     learned = estimated.shape[-1]
     if learned == len(perm) and (perm >= 0).all():
         return estimated[..., perm], reference
-    matched = np.where(perm >= 0, perm, 0)
-    columns = np.where(perm >= 0, 1.0, 0.0) * estimated[..., matched]
     spare = np.setdiff1d(np.arange(learned), perm[perm >= 0])
-    estimated_out = np.concatenate([columns, estimated[..., spare]], axis=-1)
+    estimated_out = np.concatenate([in_true_order(estimated, perm), estimated[..., spare]], axis=-1)
     reference_out = np.concatenate([reference, np.zeros(reference.shape[:-1] + (len(spare),))], axis=-1)
     return estimated_out, reference_out
 

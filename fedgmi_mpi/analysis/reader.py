@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from .metrics import (adjusted_rand_index, aligned, assignment_accuracy, match_components, proportion_errors,
-                      responsibility_agreement)
+from .metrics import (adjusted_rand_index, aligned, assignment_accuracy, in_true_order, match_components,
+                      proportion_errors, responsibility_agreement)
 
 SCORED_PHASES = ("train", "evaluate")
 
@@ -305,8 +305,7 @@ def _clients_frame(arrays: dict[str, np.ndarray], phase: str, row: int, perm: np
     order = perm if perm is not None else np.arange(k)
     proportions = arrays.get(f"{phase}/proportions")
     if proportions is not None and (perm is not None or proportions.shape[2] == k):
-        for t, column in enumerate(np.nan_to_num(_by_true(proportions[row], order)).T if perm is not None
-                                   else proportions[row].T):
+        for t, column in enumerate(in_true_order(proportions[row], order).T):
             frame[f"estimated_c{t}"] = column
         for label, reference in (("actual", truth.actual), ("dirichlet", truth.dirichlet)):
             if reference is None:

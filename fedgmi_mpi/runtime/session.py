@@ -94,17 +94,20 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _choose_components(config: Config, scenario, comm, quiet: bool) -> Selection:
+def _transport(comm, algorithm, config: Config) -> loop.Transport:
+    if comm.Get_size() > 1:
+        return MPITransport(comm, list(algorithm.metric_specs()), config.runtime.poll_interval_ms)
+    return loop.SerialTransport()
+
+
+def _choose_components(config: Config, scenario, comm, quiet: bool) -> tuple[int, Selection | None]:
     """algorithm.num_components=auto: the federated pre-pass of algorithms/components.py, on the
-    same ranks and transport as the run; every rank learns the choice (rank 0 decides)."""
+    same ranks and transport as the run. Every rank gets the chosen K (rank 0 decides); rank 0
+    also the whole Selection, for the log."""
     selector = ComponentSelection(config, scenario)
-    size = comm.Get_size()
     dense = dataclasses.replace(config, compression=config_mod.CompressionConfig())  # no model travels
     channels = compression.build(dense, selector)
-    if size > 1:
-        transport = MPITransport(comm, list(selector.metric_specs()), config.runtime.poll_interval_ms)
-    else:
-        transport = loop.SerialTransport()
+    transport = _transport(comm, selector, config)
     bytes_up = np.zeros(len(scenario.clients))
 
     def count(record: loop.RoundRecord) -> None:
@@ -123,12 +126,9 @@ def _choose_components(config: Config, scenario, comm, quiet: bool) -> Selection
                                     time.perf_counter() - started)
         chosen[0] = selection.chosen
         click.echo(selection.describe(), err=True)
-    if size > 1:
+    if comm.Get_size() > 1:
         comm.Bcast(chosen, root=0)
-    if selection is None:  # a worker rank needs only the number
-        selection = Selection(selector.candidates, np.zeros(0), np.zeros((0, 0)), np.zeros(0), int(chosen[0]), 0, 0.0,
-                              0.0)
-    return selection
+    return int(chosen[0]), selection
 
 
 def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, overwrite: bool, quiet: bool,
@@ -164,8 +164,7 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
 
     num_components = config.algorithm.num_components
     if num_components == "auto":
-        selection = _choose_components(config, scenario, comm, quiet)
-        num_components = selection.chosen
+        num_components, selection = _choose_components(config, scenario, comm, quiet)
     try:
         algorithm = build_algorithm(config, scenario, device,
                                     None if num_components == "scenario" else int(num_components))
@@ -181,10 +180,7 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
             log.discard()
         raise UserError(error)
 
-    if size > 1:
-        transport = MPITransport(comm, list(algorithm.metric_specs()), config.runtime.poll_interval_ms)
-    else:
-        transport = loop.SerialTransport()
+    transport = _transport(comm, algorithm, config)
     observer = None
     if rank == 0:
         if size - 1 > len(scenario.clients):  # it runs (the idle ranks only wait, without burning a core); say so
