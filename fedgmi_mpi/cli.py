@@ -6,6 +6,7 @@ Launch across ranks with ``mpiexec -n N python -m mpi4py -m fedgmi_mpi run ...``
 (plain ``fedgmi run``) the serial runtime runs everything in-process.
 
 Exit codes: 0 success; 2 bad input (one line on stderr, nothing written or overwritten);
+3 stopped by SIGUSR1/SIGTERM after writing a checkpoint (continue with ``--resume``);
 1 anything else, after which every rank is brought down (MPI_Abort), never left hanging.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .errors import UserError
+from .errors import Stopped, UserError
 from .provenance import mpi_library, versions
 
 
@@ -36,11 +37,18 @@ def cli() -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="HDF5 log to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing log.")
 @click.option("--quiet", is_flag=True, help="No progress lines (events and the summary still print).")
-def run(config_file: str | None, overrides: tuple[str, ...], out: str, overwrite: bool, quiet: bool) -> None:
+@click.option("--resume", is_flag=True,
+              help="Continue from OUT's checkpoint (OUT.checkpoint), appending to OUT.partial; same config.")
+@click.option("--force", is_flag=True, help="With --resume: continue even if the config differs (the log records it).")
+def run(config_file: str | None, overrides: tuple[str, ...], out: str, overwrite: bool, quiet: bool, resume: bool,
+        force: bool) -> None:
     """Run FedGMI on a scenario (default: rotated digits) and log to OUT."""
     from .runtime.session import run_session
 
-    run_session(config_file, overrides, Path(out), overwrite=overwrite, quiet=quiet, command=" ".join(sys.argv))
+    if force and not resume:
+        raise UserError("--force only applies with --resume")
+    run_session(config_file, overrides, Path(out), overwrite=overwrite, quiet=quiet, command=" ".join(sys.argv),
+                resume=resume, force=force)
 
 
 @cli.command()
@@ -276,19 +284,20 @@ def main() -> None:
     """Entry point: user errors exit 2 with one line; any other failure aborts every rank."""
     try:
         cli.main(standalone_mode=False)
-    except (UserError, click.ClickException) as exc:
+    except (UserError, click.ClickException, Stopped) as exc:
         # Every rank meets the same error (the same command line; runtime.session agrees on setup
-        # errors before any other collective), so all may finalize together: exit 2, no MPI_Abort.
+        # errors before any other collective), or the same stop, so all may finalize together:
+        # exit 2 (3 for a stop), no MPI_Abort.
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
         hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
         if _rank() == 0:
-            click.echo(f"error: {message}{hint}", err=True)
+            click.echo(f"{'note' if isinstance(exc, Stopped) else 'error'}: {message}{hint}", err=True)
         sys.stdout.flush()
         if _world_size() > 1:
             from mpi4py import MPI
 
             MPI.Finalize()
-        sys.exit(2)
+        sys.exit(3 if isinstance(exc, Stopped) else 2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         _abort_or_exit(130)

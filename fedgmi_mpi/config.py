@@ -117,6 +117,8 @@ class RuntimeConfig:
     poll_interval_ms: float = 1.0  # longest sleep between progress checks while a rank waits in a collective
     batched: bool = True  # a rank runs its clients of a round as batched groups (false: one at a time, the reference)
     group_size: int = 0  # clients per batched group (0: automatic, from the device's free memory)
+    checkpoint_every: int = 25  # training rounds between checkpoints (<out>.checkpoint; 0: none but a stop signal's)
+    round_timeout_s: float = 600.0  # a rank waiting longer in one collective ends the job (a stalled rank; 0: never)
 
 
 @dataclass
@@ -328,3 +330,6 @@ def validate(config: Config) -> None:
     _require(r.threads_per_rank >= 0, "runtime.threads_per_rank must be >= 0")
     _require(r.poll_interval_ms >= 0, "runtime.poll_interval_ms must be >= 0")
     _require(r.group_size >= 0, "runtime.group_size must be >= 0 (0: automatic)")
+    _require(r.checkpoint_every >= 0, "runtime.checkpoint_every must be >= 0 (0: no periodic checkpoints)")
+    _require(r.round_timeout_s >= 0 and math.isfinite(r.round_timeout_s),
+             "runtime.round_timeout_s must be >= 0 (0: no watchdog)")

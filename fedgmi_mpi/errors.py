@@ -3,3 +3,8 @@
 
 class UserError(Exception):
     """Bad input: a config value, a path, a data file. The CLI prints one line and exits 2."""
+
+
+class Stopped(Exception):
+    """A run stopped between rounds on request (a signal) after writing a checkpoint: every rank
+    raises it alike; the CLI prints one line and exits 3 (resumable)."""

@@ -142,6 +142,9 @@ class Observer(Protocol):
     codebook, which travels once)."""
 
     def observe(self, broadcast: Broadcast) -> None: ...
+    # What it kept, for a checkpoint (taken from rank 0, restored on every rank when resuming).
+    def observed_state(self) -> dict[str, np.ndarray]: ...
+    def restore_observed(self, observed: dict[str, np.ndarray]) -> None: ...
 
 
 def pack(arrays: list[np.ndarray]) -> np.ndarray:

@@ -258,6 +258,14 @@ class FedGMI(GroupAlgorithmBase):
                 self.codebook = centroids.astype(np.float64)
                 self.words.clear()
 
+    def observed_state(self) -> dict[str, np.ndarray]:
+        """What ``observe`` kept, for a checkpoint (the words are recomputed from it)."""
+        return {} if self.codebook is None else {"codebook": self.codebook}
+
+    def restore_observed(self, observed: dict[str, np.ndarray]) -> None:
+        self.codebook = np.asarray(observed["codebook"], dtype=np.float64)
+        self.words.clear()
+
     def group_update(self, broadcast: Broadcast, clients: list[ClientData],
                      states: list[dict[str, np.ndarray]]) -> list[ClientUpload]:
         """The training and evaluation rounds of a group run as one batched computation; the

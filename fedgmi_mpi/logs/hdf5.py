@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from ..errors import UserError
+from .checkpoint import checkpoint_path
 
 SCHEMA_VERSION = 4  # 4: /model (the saved global model) and the held-out log-likelihoods
 MPI_COLLECTIVES = ("broadcast", "reduce", "gather")
@@ -60,6 +61,9 @@ def check_output(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it (or choose another --out)")
     part = partial_path(out)
+    checkpoint = checkpoint_path(out)
+    if checkpoint.exists() and not overwrite:
+        raise UserError(f"{checkpoint} exists (a run that can continue: add --resume); or pass --overwrite to start afresh")
     if part.exists() and not overwrite:
         raise UserError(f"{part} exists (a run that did not finish?); remove it or pass --overwrite")
     if not out.parent.exists():
@@ -81,6 +85,17 @@ def _append(dataset: h5py.Dataset, row: Any) -> None:
     n = dataset.shape[0]
     dataset.resize(n + 1, axis=0)
     dataset[n] = row
+
+
+def _growable_rows(file: h5py.File) -> dict[str, int]:
+    rows = {}
+
+    def visit(name: str, node: Any) -> None:
+        if isinstance(node, h5py.Dataset) and node.maxshape and node.maxshape[0] is None:
+            rows[name] = int(node.shape[0])
+
+    file.visititems(visit)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -146,6 +161,7 @@ class RunLog:
         out = Path(out)
         check_output(out, overwrite)
         part = partial_path(out)
+        checkpoint_path(out).unlink(missing_ok=True)  # --overwrite: a stale checkpoint must not meet the new log
         try:
             # SWMR needs the 1.10 format; capping it there keeps the file readable by
             # HDF5 1.10 tools (Debian's h5dump) even when h5py ships a newer library.
@@ -211,6 +227,71 @@ class RunLog:
         file.swmr_mode = True  # from here on: append and flush only; readers may attach
         file.flush()
         return cls(out, file, phases)
+
+    @classmethod
+    def reopen(cls, out: Path, rows: dict[str, int], model: dict[str, np.ndarray], record: dict[str, Any]) -> "RunLog":
+        """Continue the log of an interrupted run from a checkpoint. A writer that was killed
+        leaves its file marked as open, which HDF5 refuses to reopen for writing; so the log is
+        copied, as far as the checkpoint goes, into a new file that then replaces it (the old one
+        stays until the copy is complete). Rows written after the checkpoint are dropped (no round
+        appears twice), the saved model is put back as it was then, and the resumption is
+        recorded in the ``resumes`` attribute (JSON list)."""
+        part = partial_path(out)
+        if not part.is_file():
+            raise UserError(f"the log {part} that the checkpoint continues is missing")
+        copy = part.with_name(f".{part.name}.{os.getpid()}.resume")
+        try:
+            with h5py.File(part, "r", libver="latest", swmr=True) as source, \
+                    h5py.File(copy, "w", libver=("v110", "v110")) as target:
+                growable = _growable_rows(source)
+                if set(growable) != set(rows):
+                    raise UserError(f"the log {part} does not belong to this checkpoint (its datasets differ)")
+                short = [path for path, count in rows.items() if growable[path] < count]
+                if short:
+                    raise UserError(f"the log {part} has fewer rows of {short[0]} than its checkpoint "
+                                    f"({growable[short[0]]} < {rows[short[0]]}): it does not belong to it")
+                for key, value in source.attrs.items():
+                    target.attrs[key] = value
+                for name in source:
+                    source.copy(source[name], target, name=name)
+                for path, count in rows.items():
+                    target[path].resize(count, axis=0)
+                for name, value in model.items():
+                    target["model"][name][...] = value
+                resumes = json.loads(target.attrs.get("resumes", "[]"))
+                target.attrs["resumes"] = json.dumps(resumes + [record], sort_keys=True)
+                target["status"][0] = 0
+            fd = os.open(copy, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(copy, part)
+        except OSError as exc:
+            raise UserError(f"cannot continue the log {part}: {str(exc).splitlines()[0]}") from None
+        finally:
+            copy.unlink(missing_ok=True)
+        file = h5py.File(part, "r+", libver=("v110", "v110"))
+        phases = json.loads(file["rounds/phase"].attrs["phases"])
+        file.swmr_mode = True
+        file.flush()
+        return cls(out, file, phases)
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows of every growable dataset now (a checkpoint keeps them, to cut the log back to them)."""
+        return _growable_rows(self.file)
+
+    def model_contents(self) -> dict[str, np.ndarray]:
+        return {name: self.file["model"][name][()] for name in self.file["model"]} if "model" in self.file else {}
+
+    def sync(self) -> None:
+        """Flush and fsync: what a checkpoint claims is in the log is on the disk before it."""
+        self.file.flush()
+        fd = os.open(partial_path(self.out), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def write_round(
         self,

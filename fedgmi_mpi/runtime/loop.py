@@ -25,12 +25,29 @@ import numpy as np
 from ..algorithms.base import Aggregated, Algorithm, Broadcast, ClientUpload, Summed, UploadLayout
 from ..compression import Channels
 from ..compression.channel import ClientChannel, Uplink
+from ..logs.checkpoint import Snapshot
 from ..scenarios.base import Scenario
-from . import exact_sum
+from . import exact_sum, faults
 from .placement import assign_clients, client_workloads
 from .state import StateTable
 
 COLLECTIVES = ("broadcast", "reduce", "gather")
+# What the server broadcasts instead of a round's message: the run is over, or it stops early
+# (a signal asked it to) after every rank has helped write a checkpoint.
+END, STOP = "end", "stop"
+RESIDUAL, PRIVATE = 1, 2  # bits of Snapshot.has_pinned
+
+
+class Stopped(Exception):
+    """Raised on every rank alike when the server stops the run between rounds."""
+
+    def __init__(self, rounds: int):
+        super().__init__(f"stopped after round {rounds - 1}")
+        self.rounds = rounds
+
+
+class NonFiniteUpdate(FloatingPointError):
+    """A client's update holds NaN or Inf: the run stops rather than average it into the model."""
 
 
 @dataclass
@@ -50,10 +67,15 @@ class Transport(Protocol):
     worker: int  # this rank's index among them; -1 for a rank that runs none
     moved: dict[str, int]  # bytes the last round's collectives moved between ranks, by collective
 
-    def broadcast(self, message: Message | None) -> Message | None: ...
+    def broadcast(self, message: Message | str | None) -> Message | str:
+        """The server's Message (or END / STOP) on every rank; the others pass None."""
+        ...
     def reduce_sum(self, local: np.ndarray) -> np.ndarray | None: ...
     def share_rows(self, rows: np.ndarray, counts: list[int]) -> np.ndarray:
         """Every worker's rows (``counts[w]`` of them from worker w, in worker order) on every rank."""
+        ...
+    def gather_rows(self, rows: np.ndarray, counts: list[int]) -> np.ndarray | None:
+        """The same, on the server only (checkpoints: state that lives on one rank)."""
         ...
 
 
@@ -134,6 +156,23 @@ class Downloads:
         return message, catch_up
 
 
+@dataclass
+class Checkpoints:
+    """When the loop stops to let rank 0 write a checkpoint: after every ``every``-th training
+    round (0: never), when the run ends (if ``every``), and when ``stop_requested`` (asked on rank 0
+    before each round) says so, after which every rank raises :class:`Stopped`. ``resume``: the
+    snapshot to start from instead of the beginning."""
+
+    every: int = 0
+    write: Callable[[Snapshot, bool], None] | None = None  # rank 0; True: the run's end
+    stop_requested: Callable[[], bool] = lambda: False
+    resume: Snapshot | None = None
+
+
+def _rank(transport: Transport) -> int:
+    return 0 if transport.is_server else transport.worker + 1
+
+
 def run(
     algorithm: Algorithm,
     scenario: Scenario,
@@ -141,10 +180,13 @@ def run(
     transport: Transport,
     on_round: Callable[[RoundRecord], None] | None = None,
     groups: Groups | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> Any:
     """Run to the end; returns the server's final state on the server, None elsewhere."""
     groups = groups or Groups()
+    checkpoints = checkpoints or Checkpoints()
     clients = scenario.clients
+    rank = _rank(transport)
     table = StateTable(algorithm.client_state_spec(), [algorithm.init_client(c) for c in clients])
     workloads = client_workloads([c.num_train for c in clients], [len(c.x_test) for c in clients], [c.seen for c in clients])
     # A client whose uplink keeps state (an error-feedback residual) or whose algorithm keeps private
@@ -160,17 +202,63 @@ def run(
     specs = {phase: _metric_columns(spec) for phase, spec in algorithm.metric_specs().items()}
     limit = exact_sum.contribution_limit(len(clients))
     observe = getattr(algorithm, "observe", None)
+    pinned_layout = _PinnedLayout(channels, private_spec) if pinned else None
+    rounds = train_rounds = 0
+    saved_at = -1  # rounds done when the last checkpoint was taken
+    if checkpoints.resume is not None:
+        snapshot = checkpoints.resume
+        rounds, train_rounds, saved_at = snapshot.rounds, snapshot.train_rounds, snapshot.rounds
+        table.values[:] = snapshot.client_table
+        channels.downlink.held = np.array(snapshot.held_model, dtype=np.float32)
+        downloads.sent, downloads.synced = snapshot.downloads_sent, snapshot.downloads_synced.astype(np.int64)
+        if snapshot.observed and hasattr(algorithm, "restore_observed"):
+            algorithm.restore_observed(snapshot.observed)
+        if transport.is_server:
+            server_state = snapshot.server_state
+        if pinned_layout is not None and transport.worker >= 0:
+            for cid in home[transport.worker]:
+                pinned_layout.restore(snapshot.pinned[cid], int(snapshot.has_pinned[cid]), cid, clients[cid],
+                                      algorithm, channel_states, private)
+
+    def checkpoint(final: bool = False) -> None:
+        """Every rank: gather the state that lives on home ranks; rank 0 writes the checkpoint."""
+        nonlocal saved_at
+        saved_at = rounds
+        mine = home[transport.worker] if (pinned_layout is not None and transport.worker >= 0) else []
+        width = pinned_layout.width if pinned_layout is not None else 0
+        rows = np.zeros((len(mine), width + 1))
+        for i, cid in enumerate(mine):
+            rows[i] = pinned_layout.row(cid, channel_states, private)
+        gathered = transport.gather_rows(rows, [len(group) for group in home]) if pinned_layout is not None else None
+        if not transport.is_server or checkpoints.write is None:
+            return
+        pinned_rows = np.zeros((len(clients), width))
+        has_pinned = np.zeros(len(clients), dtype=np.int8)
+        if gathered is not None:
+            order = [c for group in home for c in group]
+            pinned_rows[order] = gathered[:, 1:]
+            has_pinned[order] = gathered[:, 0].astype(np.int8)
+        observed = getattr(algorithm, "observed_state", dict)()
+        checkpoints.write(Snapshot(rounds, train_rounds, server_state, table.values.copy(),
+                                   np.array(channels.downlink.held), downloads.sent, downloads.synced.copy(),
+                                   pinned_rows, has_pinned, observed), final)
 
     while True:
         started = time.perf_counter()
-        message = None
+        message: Message | str | None = None
         if transport.is_server:
-            configured = algorithm.configure(server_state)
-            if configured is not None:
-                message = Message(configured.phase, configured.round, channels.downlink.encode(configured),
-                                  configured.cohort)
+            if checkpoints.stop_requested():
+                message = STOP
+            else:
+                configured = algorithm.configure(server_state)
+                message = END if configured is None else Message(
+                    configured.phase, configured.round, channels.downlink.encode(configured), configured.cohort)
         message = transport.broadcast(message)
-        if message is None:
+        if not isinstance(message, Message):
+            if saved_at != rounds and (message == STOP or checkpoints.every > 0):
+                checkpoint(final=message == END)
+            if message == STOP:
+                raise Stopped(rounds)
             return server_state
         broadcast = channels.downlink.decode(message.phase, message.round, message.data)
         broadcast.cohort = message.cohort
@@ -198,8 +286,13 @@ def run(
                 private[cid] = algorithm.init_private(clients[cid])
             state.update(private[cid])
         computing = time.perf_counter()
+        if transport.worker >= 0:
+            faults.in_client_work(rank, broadcast.round)
         uploads = groups.run(algorithm, broadcast, [clients[c] for c in mine], states)
+        if uploads and uploads[0].delta is not None and faults.corrupts_upload(rank, broadcast.round):
+            uploads[0].delta[0, 0] = np.nan
         for i, (cid, upload) in enumerate(zip(mine, uploads)):
+            _check_finite(upload, cid, broadcast)
             channel = channel_states.setdefault(cid, channels.uplink.init_client())
             try:
                 bytes_up = _add_upload(local, upload, layout, channels.uplink, channel, broadcast.round, cid, limit)
@@ -218,26 +311,88 @@ def run(
         table.update(order, shared[:, metric_width:-2])
         bytes_down, catch_up = downloads.round(len(message.data), channels.downlink.model_bytes(message.data),
                                                broadcast.model is not None, not broadcast.evaluation_only, participants)
-        if not transport.is_server:
-            continue
-        by_client = np.full((len(clients), width), np.nan)
-        by_client[order] = shared
-        total = exact_sum.decode(total)
-        summed = Summed(
-            weighted_delta=total[: n_rows * row_size].reshape(n_rows, row_size),
-            weights=total[n_rows * row_size : n_rows * row_size + n_rows],
-            statistics=total[n_rows * row_size + n_rows :],
-        )
-        aggregated = algorithm.aggregate(server_state, broadcast, summed)
-        server_state = aggregated.state
-        if on_round is not None:
-            metrics = {name: by_client[:, lo:hi].reshape(-1, *shape) for name, shape, lo, hi in columns}
-            bytes_up = np.where(participants, np.nan_to_num(by_client[:, -1]), 0)
-            down_cap = channels.downlink.cap if broadcast.model is not None and channels.downlink.cap is not None else -1
-            up_cap = channels.uplink.cap if n_rows and channels.uplink.cap is not None else -1
-            on_round(RoundRecord(broadcast, metrics, bytes_down, bytes_up, aggregated, time.perf_counter() - started,
-                                 down_cap, up_cap, dict(transport.moved), participants, catch_up,
-                                 float(np.nanmax(shared[:, -2], initial=0.0))))
+        if transport.is_server:
+            faults.in_aggregation(rank, broadcast.round)
+            by_client = np.full((len(clients), width), np.nan)
+            by_client[order] = shared
+            total = exact_sum.decode(total)
+            summed = Summed(
+                weighted_delta=total[: n_rows * row_size].reshape(n_rows, row_size),
+                weights=total[n_rows * row_size : n_rows * row_size + n_rows],
+                statistics=total[n_rows * row_size + n_rows :],
+            )
+            aggregated = algorithm.aggregate(server_state, broadcast, summed)
+            server_state = aggregated.state
+            if on_round is not None:
+                metrics = {name: by_client[:, lo:hi].reshape(-1, *shape) for name, shape, lo, hi in columns}
+                bytes_up = np.where(participants, np.nan_to_num(by_client[:, -1]), 0)
+                down_cap = channels.downlink.cap if broadcast.model is not None and channels.downlink.cap is not None else -1
+                up_cap = channels.uplink.cap if n_rows and channels.uplink.cap is not None else -1
+                on_round(RoundRecord(broadcast, metrics, bytes_down, bytes_up, aggregated, time.perf_counter() - started,
+                                     down_cap, up_cap, dict(transport.moved), participants, catch_up,
+                                     float(np.nanmax(shared[:, -2], initial=0.0))))
+        rounds += 1
+        if broadcast.phase == "train":
+            train_rounds += 1
+            if checkpoints.every > 0 and train_rounds % checkpoints.every == 0:
+                checkpoint()
+
+
+def _check_finite(upload: ClientUpload, cid: int, broadcast: Broadcast) -> None:
+    """Stop at a NaN or Inf before it reaches the sums: one diverging client would poison every
+    component it has weight in (the run stops; its last checkpoint holds the last good state)."""
+    if not upload.sends:
+        return
+    where = f"{broadcast.phase} round {broadcast.round}, client {cid}"
+    if upload.delta is not None:
+        bad = ~np.isfinite(np.asarray(upload.delta)).all(axis=1) | ~np.isfinite(np.asarray(upload.weights))
+        if bad.any():
+            raise NonFiniteUpdate(f"{where}: the update of component(s) {', '.join(map(str, np.flatnonzero(bad)))} "
+                                  "holds NaN or Inf (a diverging client: lower algorithm.lr?); the run stops, its last "
+                                  "checkpoint is kept")
+    if not np.all(np.isfinite(upload.statistics)):
+        raise NonFiniteUpdate(f"{where}: its statistics hold NaN or Inf; the run stops, its last checkpoint is kept")
+
+
+class _PinnedLayout:
+    """One float64 row per client for the state that stays on its home rank: a flags column
+    (RESIDUAL, PRIVATE), its error-feedback residual, its private arrays. Values go through
+    float64 and back to their own dtypes (float16/32), which is exact."""
+
+    def __init__(self, channels: Channels, private_spec: dict[str, tuple[int, ...]]):
+        self.uplink = channels.uplink
+        self.residual_size = channels.uplink.layout.parameters if channels.uplink.error_feedback else 0
+        self.private = [(name, shape, int(np.prod(shape, dtype=np.int64))) for name, shape in private_spec.items()]
+        self.width = self.residual_size + sum(size for _, _, size in self.private)
+
+    def row(self, cid: int, channel_states: dict, private: dict) -> np.ndarray:
+        row = np.zeros(self.width + 1)
+        position = 1
+        residual = channel_states[cid].residual if cid in channel_states else None
+        if self.residual_size and residual is not None:
+            row[0] += RESIDUAL
+            row[position : position + self.residual_size] = residual.astype(np.float64).ravel()
+        position += self.residual_size
+        if cid in private:
+            row[0] += PRIVATE
+            for name, _, size in self.private:
+                row[position : position + size] = np.asarray(private[cid][name], dtype=np.float64).ravel()
+                position += size
+        return row
+
+    def restore(self, row: np.ndarray, flags: int, cid: int, client, algorithm: Algorithm, channel_states: dict,
+                private: dict) -> None:
+        if flags & RESIDUAL:
+            channel = channel_states.setdefault(cid, self.uplink.init_client())
+            channel.residual = row[: self.residual_size].reshape(
+                self.uplink.layout.rows, self.uplink.layout.row_size).astype(self.uplink.residual_dtype)
+        if flags & PRIVATE:
+            arrays = algorithm.init_private(client)  # the right dtypes and shapes, then the saved values
+            position = self.residual_size
+            for name, shape, size in self.private:
+                arrays[name][...] = row[position : position + size].reshape(shape)
+                position += size
+            private[cid] = arrays
 
 
 def _add_upload(local: np.ndarray, upload: ClientUpload, layout: UploadLayout, uplink: Uplink,
@@ -268,11 +423,14 @@ class SerialTransport:
     def __init__(self) -> None:
         self.moved = dict.fromkeys(COLLECTIVES, 0)  # nothing crosses a process boundary
 
-    def broadcast(self, message: Message | None) -> Message | None:
+    def broadcast(self, message: Message | str | None) -> Message | str:
         return message
 
     def reduce_sum(self, local: np.ndarray) -> np.ndarray:
         return local
 
     def share_rows(self, rows: np.ndarray, counts: list[int]) -> np.ndarray:
+        return rows
+
+    def gather_rows(self, rows: np.ndarray, counts: list[int]) -> np.ndarray:
         return rows

@@ -10,6 +10,7 @@ import numpy as np
 from ..analysis.summary import summarize
 from ..logs.hdf5 import RunLog
 from ..scenarios.base import Scenario
+from . import faults
 from .loop import RoundRecord
 
 SCORED_PHASES = ("train", "evaluate")
@@ -35,10 +36,23 @@ class Observer:
         self.train_bytes_down = 0.0
         self.train_bytes_up = 0.0
 
+    TOTALS = ("train_rounds", "rounds", "last_phase", "last_evaluation", "bytes_down", "bytes_up", "bytes_catch_up",
+              "train_bytes_down", "train_bytes_up")
+
+    def state(self) -> dict[str, Any]:
+        """The running totals, for a checkpoint."""
+        return {**{name: getattr(self, name) for name in self.TOTALS}, "elapsed": time.perf_counter() - self.started}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for name in self.TOTALS:
+            setattr(self, name, state[name])
+        self.started = time.perf_counter() - state["elapsed"]
+
     def __call__(self, record: RoundRecord) -> None:
         phase = record.broadcast.phase
         metrics = record.client_metrics
         summary = summarize(metrics, self.scenario) if phase in SCORED_PHASES and "confusion" in metrics else None
+        faults.before_log_write(record.broadcast.round)
         self.log.write_round(phase, record.broadcast.round, record.wall_time, record.bytes_down, record.bytes_up,
                              metrics, record.aggregated.metrics, summary, record.downlink_cap, record.uplink_cap,
                              record.mpi_bytes, record.participants, record.catch_up, record.compute_time)

@@ -5,6 +5,7 @@ import dataclasses
 import datetime
 import json
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,19 +14,23 @@ import click
 import numpy as np
 import torch
 
-from .. import compression, scenarios
+from .. import __version__, compression, scenarios
 from .. import config as config_mod
 from ..algorithms import build as build_algorithm
 from ..algorithms.components import ComponentSelection, Selection
 from ..analysis.summary import EXACT_FIELDS, SUMMARY_FIELDS
 from ..config import Config
-from ..errors import UserError
-from ..logs.hdf5 import ModelSpec, RunLog, check_output
+from ..errors import Stopped, UserError
+from ..logs import checkpoint as checkpoint_file
+from ..logs.checkpoint import Header, Snapshot, checkpoint_path
+from ..logs.hdf5 import ModelSpec, RunLog, check_output, partial_path
 from ..provenance import git_commit, mpi_library, versions
-from . import loop
+from . import faults, loop
 from .device import choose_device, group_size
-from .mpi import MPITransport, agree_on_errors, launched_tasks, local_rank, mpi
+from .mpi import MPITransport, agree_on_errors, broadcast_bytes, launched_tasks, local_rank, mpi
 from .observer import Observer, format_summary
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)  # Slurm's warning before a time limit or preemption, and its TERM
 
 
 def _summary_specs(client_specs: dict, num_components: int) -> dict:
@@ -96,8 +101,75 @@ def _now() -> str:
 
 def _transport(comm, algorithm, config: Config) -> loop.Transport:
     if comm.Get_size() > 1:
-        return MPITransport(comm, list(algorithm.metric_specs()), config.runtime.poll_interval_ms)
+        return MPITransport(comm, list(algorithm.metric_specs()), config.runtime.poll_interval_ms,
+                            config.runtime.round_timeout_s)
     return loop.SerialTransport()
+
+
+class StopRequest:
+    """SIGUSR1 or SIGTERM on any rank: finish the round, checkpoint, exit (rank 0 decides when;
+    mpiexec and srun pass the signal to every rank). The handlers are put back afterwards."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self.previous = {}
+
+    def __enter__(self) -> "StopRequest":
+        for number in STOP_SIGNALS:
+            self.previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame) -> None:
+        self.signal_name = signal.Signals(number).name
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def __call__(self) -> bool:
+        return self.signal_name is not None
+
+
+def _check_resume(out: Path, overwrite: bool) -> None:
+    """Rank 0, before any work: what --resume needs is there."""
+    if overwrite:
+        raise UserError("--resume continues a run and --overwrite starts one afresh: choose one")
+    if out.exists():
+        raise UserError(f"the run {out} is complete: nothing to resume")
+    if not checkpoint_path(out).exists():
+        raise UserError(f"no checkpoint {checkpoint_path(out)} to resume from (a run writes it every "
+                        "runtime.checkpoint_every training rounds and when a signal stops it)")
+    if not partial_path(out).exists():
+        raise UserError(f"the log {partial_path(out)} that the checkpoint {checkpoint_path(out)} continues is missing")
+
+
+def _load_checkpoint(comm, out: Path, config: Config, force: bool) -> tuple[Header, Snapshot, list[str]]:
+    """Every rank: the checkpoint of ``out`` (rank 0 reads the file, every rank gets its bytes) and
+    the config keys that differ from it (refused unless ``force``)."""
+    path = checkpoint_path(out)
+    data, error = b"", None
+    if comm.Get_rank() == 0:
+        try:
+            data = checkpoint_file.read_bytes(path)
+            checkpoint_file.parse(data, path)
+        except UserError as exc:
+            error = str(exc)
+    if comm.Get_size() > 1:
+        error = agree_on_errors(comm, error)
+    if error is not None:
+        raise UserError(error)
+    if comm.Get_size() > 1:
+        data = broadcast_bytes(comm, data if comm.Get_rank() == 0 else None, config.runtime.poll_interval_ms / 1000,
+                               config.runtime.round_timeout_s)
+    header, snapshot = checkpoint_file.parse(data, path)
+    differing = checkpoint_file.differing_keys(header.config, config.to_dict())
+    if (header.package_version, header.git_commit) != (__version__, git_commit()):
+        differing.append(f"code version (checkpoint {header.package_version} {header.git_commit}, now "
+                         f"{__version__} {git_commit()})")
+    if differing and not force:
+        raise UserError(f"the checkpoint {path} belongs to another config: {'; '.join(differing)}; pass --force to "
+                        "resume anyway (the log records it)")
+    return header, snapshot, differing
 
 
 def _choose_components(config: Config, scenario, comm, quiet: bool) -> tuple[int, Selection | None]:
@@ -131,9 +203,42 @@ def _choose_components(config: Config, scenario, comm, quiet: bool) -> tuple[int
     return int(chosen[0]), selection
 
 
+class _CheckpointWriter:
+    """Rank 0's side of a checkpoint: completes the loop's snapshot with the observer's totals and
+    the log's row counts, syncs the log, writes the file atomically."""
+
+    def __init__(self, path: Path, config: Config, num_components: int, world_size: int, observer, log):
+        self.path = path
+        self.header = Header(config.to_dict(), num_components, __version__, git_commit(), world_size, complete=False)
+        self.observer = observer
+        self.log = log
+        self.last_round: int | None = None
+
+    def __call__(self, snapshot: Snapshot, final: bool = False) -> None:
+        snapshot.observer = self.observer.state()
+        snapshot.log_rows = self.log.row_counts()
+        snapshot.log_model = self.log.model_contents()
+        self.log.sync()
+        checkpoint_file.write(self.path, dataclasses.replace(self.header, complete=final), snapshot)
+        self.last_round = snapshot.rounds
+
+    def describe_last(self) -> str:
+        if self.last_round is None:
+            return "no checkpoint was written yet"
+        return (f"the last checkpoint ({self.path}, after round {self.last_round - 1}) is intact: make room, then run "
+                "the same command with --resume")
+
+
 def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, overwrite: bool, quiet: bool,
-                command: str) -> None:
-    """Every UserError this raises is raised on all ranks alike (agreed before any other collective)."""
+                command: str, resume: bool = False, force: bool = False) -> None:
+    """Every UserError this raises is raised on all ranks alike (agreed before any other collective).
+    ``resume``: continue from ``out``'s checkpoint (``force``: even if the config differs)."""
+    with StopRequest() as stop:
+        _run(config_file, overrides, out, overwrite, quiet, command, resume, force, stop)
+
+
+def _run(config_file: str | None, overrides: tuple[str, ...], out: Path, overwrite: bool, quiet: bool,
+         command: str, resume: bool, force: bool, stop: StopRequest) -> None:
     MPI = mpi()
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -149,12 +254,16 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
     node_rank = local_rank(comm) if size > 1 else 0
     try:
         config = config_mod.load(config_file, overrides)
+        if faults.planned():
+            click.echo(f"note: {faults.VARIABLE} is set: faults will be injected (a testing aid)", err=True)
         if config.runtime.threads_per_rank > 0:
             torch.set_num_threads(config.runtime.threads_per_rank)
         scenario = scenarios.build(config)
         device = choose_device(config.runtime.device, node_rank) if (rank > 0 or size == 1) else torch.device("cpu")
-        if rank == 0:
-            check_output(out, overwrite)  # before any work: choosing K takes rounds
+        if rank == 0 and resume:  # before any work: choosing K takes rounds
+            _check_resume(out, overwrite)
+        elif rank == 0:
+            check_output(out, overwrite)
     except UserError as exc:
         error = str(exc)
     if size > 1:
@@ -162,14 +271,22 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
     if error is not None:
         raise UserError(error)
 
+    header = snapshot = None
     num_components = config.algorithm.num_components
-    if num_components == "auto":
+    if resume:
+        header, snapshot, differing = _load_checkpoint(comm, out, config, force)
+        num_components = header.num_components
+    elif num_components == "auto":
         num_components, selection = _choose_components(config, scenario, comm, quiet)
     try:
         algorithm = build_algorithm(config, scenario, device,
                                     None if num_components == "scenario" else int(num_components))
         channels = compression.build(config, algorithm)
-        if rank == 0:
+        if rank == 0 and resume:
+            record = {"round": snapshot.rounds, "train_round": snapshot.train_rounds, "world_size": size,
+                      "time": _now(), "command": command, "forced_keys": differing}
+            log = RunLog.reopen(out, snapshot.log_rows, snapshot.log_model, record)
+        elif rank == 0:
             log = _create_log(config, scenario, algorithm, channels, out, overwrite, size, command, selection)
     except UserError as exc:
         error = str(exc)
@@ -191,13 +308,31 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
             click.echo(f"fedgmi {algorithm.name}: {scenario.description}; {len(scenario.clients)} clients on "
                        f"{hosted}; device {device if size == 1 else config.runtime.device}; log {out}", err=True)
         observer = Observer(log, scenario, config.algorithm.rounds, quiet=quiet)
+        if snapshot is not None:
+            observer.restore(snapshot.observer)
+            if differing:
+                click.echo(f"warning: resuming despite a different config (--force, recorded in the log): "
+                           f"{'; '.join(differing)}", err=True)
+            if not quiet:
+                click.echo(f"resuming from {checkpoint_path(out)}: round {snapshot.rounds}, training round "
+                           f"{snapshot.train_rounds}", err=True)
+    writer = _CheckpointWriter(checkpoint_path(out), config, int(algorithm.num_components), size, observer,
+                               log) if rank == 0 else None
+    checkpoints = loop.Checkpoints(config.runtime.checkpoint_every, writer, stop, snapshot)
     wall_start, cpu_start = time.perf_counter(), _cpu_seconds()
     try:
         loop.run(algorithm, scenario, channels, transport, on_round=observer,
-                 groups=loop.Groups(config.runtime.batched, group_size(config.runtime.group_size, algorithm, device)))
+                 groups=loop.Groups(config.runtime.batched, group_size(config.runtime.group_size, algorithm, device)),
+                 checkpoints=checkpoints)
     except BaseException as exc:
         if log is not None:
             log.close()  # leave rank 0's partial log closed cleanly before the job is brought down
+        if isinstance(exc, loop.Stopped):  # every rank alike: a clean, resumable stop
+            raise Stopped(f"stopped by {stop.signal_name or 'a signal'} after round {exc.rounds - 1}: checkpoint "
+                          f"{checkpoint_path(out)} written; run the same command with --resume to continue") from None
+        if isinstance(exc, OSError) and rank == 0:
+            raise RuntimeError(f"cannot write the log {partial_path(out)} or its checkpoint: "
+                               f"{exc.strerror or exc}; {writer.describe_last()}") from exc
         if isinstance(exc, UserError):  # after setup a user error on one rank cannot be agreed on: abort
             raise RuntimeError(str(exc)) from exc
         raise
