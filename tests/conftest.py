@@ -55,3 +55,31 @@ def small_config():
     from fedgmi_mpi import config
 
     return config.load(None, [*SMALL])
+
+
+# What may differ between two runs of the same seed: how long things took and what MPI moved
+# between ranks (which depends on how many there are).
+RUN_DEPENDENT = ("rounds/wall_time", "rounds/compute_time", "rounds/mpi_broadcast_bytes", "rounds/mpi_reduce_bytes",
+                 "rounds/mpi_gather_bytes")
+
+
+def differing_datasets(first, second) -> list[str]:
+    """Datasets of two logs that are not bitwise equal (NaN equal to NaN), or present in one only."""
+    import h5py
+    import numpy as np
+
+    def names(f):
+        found = []
+        f.visititems(lambda name, node: found.append(name) if isinstance(node, h5py.Dataset) else None)
+        return set(found)
+
+    with h5py.File(first, "r") as a, h5py.File(second, "r") as b:
+        differ = sorted(names(a) ^ names(b))
+        for name in sorted(names(a) & names(b)):
+            if name in RUN_DEPENDENT:
+                continue
+            x, y = a[name][()], b[name][()]
+            floats = getattr(x, "dtype", None) is not None and x.dtype.kind == "f"
+            if np.shape(x) != np.shape(y) or not np.array_equal(x, y, equal_nan=floats):
+                differ.append(name)
+    return differ

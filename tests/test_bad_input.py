@@ -2,12 +2,15 @@
 code 2, nothing written, and every file already in the folder unchanged (checked by hash)."""
 import hashlib
 import os
+import pickle
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli, small_args
+from conftest import MPI_TIMEOUT, REPO, run_cli, small_args
 
 
 def _digest(folder):
@@ -94,6 +97,59 @@ def _truncated_zip(d):
     return ["run", "--set", "scenario.name=npz", "--set", f"scenario.path={path}", "--out", str(d / "out.h5")]
 
 
+def _interrupted(d, *extra):
+    """A run that died in its 4th training round (communication round 28), leaving its log and
+    its checkpoint of round 27; returns the arguments that resume it."""
+    args = ["run", *small_args("runtime.checkpoint_every=1", *extra), "--out", str(d / "out.h5")]
+    env = dict(os.environ, PYTHONPATH=str(REPO), FEDGMI_FAULT="raise:0:28")
+    died = subprocess.run([sys.executable, "-m", "fedgmi_mpi", *args], capture_output=True, text=True, env=env,
+                          timeout=MPI_TIMEOUT, cwd=REPO)
+    assert died.returncode == 1 and (d / "out.h5.checkpoint").is_file(), died.stderr
+    return [*args, "--resume"]
+
+
+def _resume_other_config(d):
+    args = _interrupted(d)
+    return [*args, "--set", "seed=1", "--set", "algorithm.lr=0.01"]
+
+
+def _truncated_checkpoint(d):
+    args = _interrupted(d)
+    checkpoint = d / "out.h5.checkpoint"
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    return args
+
+
+def _checkpoint_naming_a_foreign_class(d):
+    """A crafted checkpoint that asks for a class outside the package (what a pickle would run)."""
+    args = _interrupted(d)
+    with h5py.File(d / "out.h5.checkpoint", "r+") as f:
+        f["server_state"].attrs["type"] = "os:system"
+    return args
+
+
+def _pickle_as_checkpoint(d):
+    (d / "out.h5.partial").write_bytes(b"a run that died")
+    (d / "out.h5.checkpoint").write_bytes(pickle.dumps({"params": np.zeros(3)}))
+    return ["run", *small_args(), "--out", str(d / "out.h5"), "--resume"]
+
+
+def _resume_without_log(d):
+    args = _interrupted(d)
+    (d / "out.h5.partial").unlink()
+    return args
+
+
+def _resume_complete(d):
+    (d / "out.h5").write_bytes(b"a finished log")
+    return ["run", *small_args(), "--out", str(d / "out.h5"), "--resume"]
+
+
+def _existing_checkpoint(d):
+    (d / "out.h5.checkpoint").write_bytes(b"a run that can continue")
+    return ["run", *small_args(), "--out", str(d / "out.h5")]
+
+
 def _infer_on(d, arrays):
     return ["infer", "--log", str(d / "none.h5"), "--data", _npz(d, "new.npz", **arrays)]
 
@@ -144,6 +200,21 @@ CASES = [
     ("existing output, K from the data", _existing_output_auto, "exists; pass --overwrite"),
     ("existing .partial", _existing_partial, "a run that did not finish?"),
     ("unwritable folder", _unwritable, "is not writable"),
+    ("--resume with no checkpoint", lambda d: ["run", *small_args(), "--out", str(d / "out.h5"), "--resume"],
+     "no checkpoint"),
+    ("--resume of a complete run", _resume_complete, "is complete: nothing to resume"),
+    ("--resume with --overwrite", lambda d: ["run", "--out", str(d / "out.h5"), "--resume", "--overwrite"], "choose one"),
+    ("--force without --resume", lambda d: ["run", "--out", str(d / "out.h5"), "--force"], "only applies with --resume"),
+    ("existing checkpoint, no --resume", _existing_checkpoint, "a run that can continue: add --resume"),
+    ("checkpoint of another config", _resume_other_config,
+     "belongs to another config: algorithm.lr (checkpoint 0.003, now 0.01); seed (checkpoint 0, now 1); pass --force"),
+    ("truncated checkpoint", _truncated_checkpoint, "is not a readable checkpoint (truncated or corrupt?)"),
+    ("pickle given as a checkpoint", _pickle_as_checkpoint, "is not a checkpoint (not an HDF5 file"),
+    ("checkpoint naming a class outside the package", _checkpoint_naming_a_foreign_class,
+     "names a class outside fedgmi_mpi (os:system)"),
+    ("checkpoint without its log", _resume_without_log, "out.h5.partial that the checkpoint"),
+    ("negative checkpoint interval", _set("runtime.checkpoint_every=-5"), "runtime.checkpoint_every must be >= 0"),
+    ("negative round timeout", _set("runtime.round_timeout_s=-1"), "runtime.round_timeout_s must be >= 0"),
     ("missing output folder", lambda d: ["run", *small_args(), "--out", str(d / "no" / "out.h5")], "does not exist"),
     ("analysis of a file that is not ours", _not_our_log, "is not a fedgmi run log"),
     ("analysis of a missing log", lambda d: ["analyze", str(d / "gone.h5")], "no log at"),
