@@ -14,10 +14,12 @@ classes it may construct are dataclasses defined in this package.
 from __future__ import annotations
 
 import dataclasses
+import errno as errno_codes
 import importlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,22 @@ FORMAT_VERSION = 1
 # how fast it runs (devices, threads, polling, batching) and how often it checkpoints.
 FREE_ON_RESUME = ("runtime.device", "runtime.threads_per_rank", "runtime.poll_interval_ms", "runtime.batched",
                   "runtime.group_size", "runtime.checkpoint_every", "runtime.round_timeout_s")
+
+
+def disk_error(exc: BaseException) -> str | None:
+    """What the disk said, when an HDF5 write failed because of it (ENOSPC, EIO, EFBIG...); h5py
+    reports some of these as RuntimeError with the errno in the text."""
+    for candidate in (exc, exc.__context__):
+        if isinstance(candidate, OSError) and candidate.errno:
+            return os.strerror(candidate.errno)
+        found = re.search(r"errno = (\d+)", str(candidate)) if candidate is not None else None
+        if found and int(found.group(1)) in errno_codes.errorcode:
+            return os.strerror(int(found.group(1)))
+    return None
+
+
+class CheckpointWriteError(OSError):
+    """The disk refused the checkpoint; the previous one is untouched."""
 
 
 def checkpoint_path(out: Path) -> Path:
@@ -168,38 +186,12 @@ def write(path: Path, header: Header, snapshot: Snapshot) -> None:
     previous checkpoint is left as it was and the temporary removed."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with h5py.File(temporary, "w", libver=("v110", "v110")) as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["config"] = json.dumps(header.config, sort_keys=True)
-            f.attrs["num_components"] = header.num_components
-            f.attrs["package_version"] = header.package_version
-            f.attrs["git_commit"] = header.git_commit
-            f.attrs["world_size"] = header.world_size
-            f.attrs["complete"] = int(header.complete)
-            f.attrs["rounds"] = snapshot.rounds
-            f.attrs["train_rounds"] = snapshot.train_rounds
-            loop = f.create_group("loop")
-            loop["client_table"] = snapshot.client_table
-            loop["held_model"] = snapshot.held_model
-            loop["downloads_sent"] = np.int64(snapshot.downloads_sent)
-            loop["downloads_synced"] = snapshot.downloads_synced
-            loop["pinned"] = snapshot.pinned
-            loop["has_pinned"] = snapshot.has_pinned
-            _write_value(f, "server_state", snapshot.server_state)
-            _write_value(f, "observed", snapshot.observed)
-            _write_value(f, "observer", snapshot.observer)
-            _write_value(f, "log_model", snapshot.log_model)
-            names = sorted(snapshot.log_rows)
-            log = f.create_group("log_rows")
-            log["paths"] = np.array(names, dtype=h5py.string_dtype())
-            log["rows"] = np.array([snapshot.log_rows[n] for n in names], dtype=np.int64)
-        fd = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
+        _write_file(temporary, path, header, snapshot)
+    except (OSError, RuntimeError) as exc:
+        reason = disk_error(exc)
+        if reason is None:
+            raise
+        raise CheckpointWriteError(f"cannot write the checkpoint {path}: {reason}") from None
     finally:
         if temporary.exists():
             temporary.unlink()
@@ -208,6 +200,41 @@ def write(path: Path, header: Header, snapshot: Snapshot) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _write_file(temporary: Path, path: Path, header: Header, snapshot: Snapshot) -> None:
+    with h5py.File(temporary, "w", libver=("v110", "v110")) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["config"] = json.dumps(header.config, sort_keys=True)
+        f.attrs["num_components"] = header.num_components
+        f.attrs["package_version"] = header.package_version
+        f.attrs["git_commit"] = header.git_commit
+        f.attrs["world_size"] = header.world_size
+        f.attrs["complete"] = int(header.complete)
+        f.attrs["rounds"] = snapshot.rounds
+        f.attrs["train_rounds"] = snapshot.train_rounds
+        loop = f.create_group("loop")
+        loop["client_table"] = snapshot.client_table
+        loop["held_model"] = snapshot.held_model
+        loop["downloads_sent"] = np.int64(snapshot.downloads_sent)
+        loop["downloads_synced"] = snapshot.downloads_synced
+        loop["pinned"] = snapshot.pinned
+        loop["has_pinned"] = snapshot.has_pinned
+        _write_value(f, "server_state", snapshot.server_state)
+        _write_value(f, "observed", snapshot.observed)
+        _write_value(f, "observer", snapshot.observer)
+        _write_value(f, "log_model", snapshot.log_model)
+        names = sorted(snapshot.log_rows)
+        log = f.create_group("log_rows")
+        log["paths"] = np.array(names, dtype=h5py.string_dtype())
+        log["rows"] = np.array([snapshot.log_rows[n] for n in names], dtype=np.int64)
+    fd = os.open(temporary, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
 
 
 def read_bytes(path: Path) -> bytes:

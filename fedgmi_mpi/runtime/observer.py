@@ -8,12 +8,17 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..analysis.summary import summarize
-from ..logs.hdf5 import RunLog
+from ..logs.checkpoint import disk_error
+from ..logs.hdf5 import RunLog, partial_path
 from ..scenarios.base import Scenario
 from . import faults
 from .loop import RoundRecord
 
 SCORED_PHASES = ("train", "evaluate")
+
+
+class LogWriteError(OSError):
+    """The disk refused the log (full, gone read-only): the run stops; its checkpoint is intact."""
 
 
 class Observer:
@@ -49,6 +54,15 @@ class Observer:
         self.started = time.perf_counter() - state["elapsed"]
 
     def __call__(self, record: RoundRecord) -> None:
+        try:
+            self._record(record)
+        except (OSError, RuntimeError) as exc:
+            reason = disk_error(exc)
+            if reason is None:
+                raise
+            raise LogWriteError(f"cannot write the log {partial_path(self.log.out)}: {reason}") from exc
+
+    def _record(self, record: RoundRecord) -> None:
         phase = record.broadcast.phase
         metrics = record.client_metrics
         summary = summarize(metrics, self.scenario) if phase in SCORED_PHASES and "confusion" in metrics else None

@@ -28,7 +28,7 @@ from ..provenance import git_commit, mpi_library, versions
 from . import faults, loop
 from .device import choose_device, group_size
 from .mpi import MPITransport, agree_on_errors, broadcast_bytes, launched_tasks, local_rank, mpi
-from .observer import Observer, format_summary
+from .observer import LogWriteError, Observer, format_summary
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)  # Slurm's warning before a time limit or preemption, and its TERM
 
@@ -326,13 +326,15 @@ def _run(config_file: str | None, overrides: tuple[str, ...], out: Path, overwri
                  checkpoints=checkpoints)
     except BaseException as exc:
         if log is not None:
-            log.close()  # leave rank 0's partial log closed cleanly before the job is brought down
+            try:
+                log.close()  # leave rank 0's partial log closed cleanly before the job is brought down
+            except (OSError, RuntimeError):  # a full disk may refuse the last flush too: the first error counts
+                pass
         if isinstance(exc, loop.Stopped):  # every rank alike: a clean, resumable stop
             raise Stopped(f"stopped by {stop.signal_name or 'a signal'} after round {exc.rounds - 1}: checkpoint "
                           f"{checkpoint_path(out)} written; run the same command with --resume to continue") from None
-        if isinstance(exc, OSError) and rank == 0:
-            raise RuntimeError(f"cannot write the log {partial_path(out)} or its checkpoint: "
-                               f"{exc.strerror or exc}; {writer.describe_last()}") from exc
+        if isinstance(exc, (LogWriteError, checkpoint_file.CheckpointWriteError)):
+            raise RuntimeError(f"{exc}; {writer.describe_last()}") from exc
         if isinstance(exc, UserError):  # after setup a user error on one rank cannot be agreed on: abort
             raise RuntimeError(str(exc)) from exc
         raise
