@@ -293,9 +293,14 @@ def main() -> None:
         if _rank() == 0:
             click.echo(f"{'note' if isinstance(exc, Stopped) else 'error'}: {message}{hint}", err=True)
         sys.stdout.flush()
+        sys.stderr.flush()
         if _world_size() > 1:
             from mpi4py import MPI
 
+            if isinstance(exc, Stopped):
+                # nobody leaves before rank 0 has written the checkpoint, closed the log and said so:
+                # srun --kill-on-bad-exit kills the other tasks when the first one exits with 3
+                MPI.COMM_WORLD.Barrier()
             MPI.Finalize()
         sys.exit(3 if isinstance(exc, Stopped) else 2)
     except click.exceptions.Abort:
