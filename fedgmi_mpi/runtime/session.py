@@ -254,7 +254,7 @@ def _run(config_file: str | None, overrides: tuple[str, ...], out: Path, overwri
     node_rank = local_rank(comm) if size > 1 else 0
     try:
         config = config_mod.load(config_file, overrides)
-        if faults.planned():
+        if faults.planned() and rank == 0:
             click.echo(f"note: {faults.VARIABLE} is set: faults will be injected (a testing aid)", err=True)
         if config.runtime.threads_per_rank > 0:
             torch.set_num_threads(config.runtime.threads_per_rank)
