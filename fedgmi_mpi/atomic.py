@@ -8,6 +8,15 @@ from pathlib import Path
 from .errors import UserError
 
 
+def fsync_path(path: Path) -> None:
+    """Push a file's (or a folder's: a rename in it) data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def check_new_file(target: Path, suffixes: tuple[str, ...] = ()) -> Path:
     """Refuse (UserError) a target that exists, lies in a missing folder or has the wrong suffix:
     nothing a user already has is ever replaced."""
@@ -34,9 +43,5 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
             raise UserError(f"{target} exists; choose another name (nothing is overwritten)") from None
     finally:
         temporary.unlink(missing_ok=True)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(target.parent)
     return target

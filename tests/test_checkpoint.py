@@ -70,3 +70,54 @@ def test_only_keys_that_change_results_must_match():
     saved = {"seed": 0, "algorithm": {"rounds": 10}, "runtime": {"device": "cpu", "checkpoint_every": 5}}
     current = {"seed": 0, "algorithm": {"rounds": 20}, "runtime": {"device": "cuda", "checkpoint_every": 1}}
     assert checkpoint.differing_keys(saved, current) == ["algorithm.rounds (checkpoint 10, now 20)"]
+
+
+# ---- the loop stopped in any phase, through the file, and continued ----------------------------
+def _loop_run(config, stop_at=None, resume=None, saved=None):
+    """The serial loop (a fresh scenario, algorithm and channels, as a new process would build
+    them); ``stop_at``: stop before that communication round and keep the snapshot, through the file."""
+    from fedgmi_mpi import compression, scenarios
+    from fedgmi_mpi.algorithms import build as build_algorithm
+    from fedgmi_mpi.runtime import loop
+
+    scenario = scenarios.build(config)
+    algorithm = build_algorithm(config, scenario, "cpu")
+    records = []
+
+    def write(snapshot, final):
+        path = saved / "run.h5.checkpoint"
+        checkpoint.write(path, _header(), snapshot)
+        saved_snapshots.append(checkpoint.parse(path.read_bytes(), path)[1])
+
+    saved_snapshots = []
+    checkpoints = loop.Checkpoints(every=0, write=write, stop_requested=lambda: stop_at is not None and len(records) == stop_at,
+                                   resume=resume)
+    try:
+        state = loop.run(algorithm, scenario, compression.build(config, algorithm), loop.SerialTransport(),
+                         records.append, loop.Groups(), checkpoints)
+    except loop.Stopped:
+        return None, records, saved_snapshots[-1]
+    return state, records, None
+
+
+@pytest.mark.parametrize("algorithm,stop_at", [("fedgmi", 5), ("fedgmi", 15), ("fedgmi", 26), ("fedgmm", 3),
+                                               ("fedem", 2), ("local", 3)],
+                         ids=["fedgmi-codebook", "fedgmi-topics", "fedgmi-train", "fedgmm", "fedem", "local"])
+def test_a_run_stopped_in_any_phase_continues_exactly(tmp_path, algorithm, stop_at):
+    from fedgmi_mpi import config as config_mod
+
+    from conftest import SMALL
+
+    extra = ["compression.uplink_bits=0.5", "compression.uplink=topk", "algorithm.clients_per_round=5"]
+    config = config_mod.load(None, [*SMALL, f"algorithm.name={algorithm}", *(extra if algorithm != "local" else [])])
+    reference_state, reference, _ = _loop_run(config)
+    _, before, snapshot = _loop_run(config, stop_at=stop_at, saved=tmp_path)
+    assert len(before) == stop_at and snapshot.rounds == stop_at
+    state, after, _ = _loop_run(config, resume=snapshot)
+    records = before + after
+    assert [r.broadcast.round for r in records] == [r.broadcast.round for r in reference]
+    assert np.array_equal(state.params, reference_state.params)
+    for record, expected in zip(records, reference):
+        assert np.array_equal(record.bytes_up, expected.bytes_up)
+        for name, values in expected.client_metrics.items():
+            assert np.array_equal(record.client_metrics[name], values, equal_nan=True), (record.broadcast.round, name)

@@ -46,7 +46,7 @@ FAULTS = [
     ("raise", 0, "the server raises in round 28"),
     ("stall", 1, "waited 5 s in the"),  # the other ranks' watchdog, not the stalled rank, ends it
     ("nan", 2, "train round 28, client"),
-    ("disk_full", 0, "No space left on device (injected by FEDGMI_FAULT); the last checkpoint"),
+    ("disk_full", 0, "run.h5.partial: No space left on device; the last checkpoint"),
 ]
 
 

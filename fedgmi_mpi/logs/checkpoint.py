@@ -27,6 +27,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..atomic import fsync_path
 from ..errors import UserError
 
 FORMAT = "fedgmi-checkpoint"
@@ -195,11 +196,7 @@ def write(path: Path, header: Header, snapshot: Snapshot) -> None:
     finally:
         if temporary.exists():
             temporary.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(path.parent)
 
 
 def _write_file(temporary: Path, path: Path, header: Header, snapshot: Snapshot) -> None:
@@ -229,11 +226,7 @@ def _write_file(temporary: Path, path: Path, header: Header, snapshot: Snapshot)
         log = f.create_group("log_rows")
         log["paths"] = np.array(names, dtype=h5py.string_dtype())
         log["rows"] = np.array([snapshot.log_rows[n] for n in names], dtype=np.int64)
-    fd = os.open(temporary, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(temporary)
     os.replace(temporary, path)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..atomic import fsync_path
 from ..errors import UserError
 from .checkpoint import checkpoint_path
 
@@ -261,12 +262,9 @@ class RunLog:
                 resumes = json.loads(target.attrs.get("resumes", "[]"))
                 target.attrs["resumes"] = json.dumps(resumes + [record], sort_keys=True)
                 target["status"][0] = 0
-            fd = os.open(copy, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(copy)
             os.replace(copy, part)
+            fsync_path(part.parent)
         except OSError as exc:
             raise UserError(f"cannot continue the log {part}: {str(exc).splitlines()[0]}") from None
         finally:
@@ -287,11 +285,7 @@ class RunLog:
     def sync(self) -> None:
         """Flush and fsync: what a checkpoint claims is in the log is on the disk before it."""
         self.file.flush()
-        fd = os.open(partial_path(self.out), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(partial_path(self.out))
 
     def write_round(
         self,
@@ -362,17 +356,9 @@ class RunLog:
         with _reopen_for_writing(part) as file:  # attributes cannot be added under SWMR
             for key, value in final_attrs.items():
                 file.attrs[key] = value
-        fd = os.open(part, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(part)
         os.replace(part, self.out)
-        dir_fd = os.open(self.out.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_path(self.out.parent)
         return self.out
 
     def discard(self) -> None:
