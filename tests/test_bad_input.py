@@ -211,7 +211,7 @@ CASES = [
     ("truncated checkpoint", _truncated_checkpoint, "is not a readable checkpoint (truncated or corrupt?)"),
     ("pickle given as a checkpoint", _pickle_as_checkpoint, "is not a checkpoint (not an HDF5 file"),
     ("checkpoint naming a class outside the package", _checkpoint_naming_a_foreign_class,
-     "names a class outside fedgmi_mpi (os:system)"),
+     "names a class outside fedgmi_mpi's server states (os:system)"),
     ("checkpoint without its log", _resume_without_log, "out.h5.partial that the checkpoint"),
     ("negative checkpoint interval", _set("runtime.checkpoint_every=-5"), "runtime.checkpoint_every must be >= 0"),
     ("negative round timeout", _set("runtime.round_timeout_s=-1"), "runtime.round_timeout_s must be >= 0"),

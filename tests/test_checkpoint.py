@@ -59,7 +59,9 @@ def test_a_checkpoint_cannot_name_a_class_outside_the_package(tmp_path):
 
     path = tmp_path / "run.h5.checkpoint"
     checkpoint.write(path, _header(), _snapshot(ServerState(params=np.zeros((1, 1), np.float32))))
-    for spec, message in (("subprocess:Popen", "outside fedgmi_mpi"), ("fedgmi_mpi.config:load", "not a dataclass")):
+    for spec, message in (("subprocess:Popen", "outside fedgmi_mpi"), ("fedgmi_mpi.__main__:main", "outside fedgmi_mpi"),
+                          ("fedgmi_mpi.algorithms.fedgmi:FedGMI", "not a server-state dataclass"),
+                          ("fedgmi_mpi.algorithms.fedgmi:np.ndarray", "not a server-state dataclass")):
         with h5py.File(path, "r+") as f:
             f["server_state"].attrs["type"] = spec
         with pytest.raises(UserError, match=message):
@@ -121,3 +123,18 @@ def test_a_run_stopped_in_any_phase_continues_exactly(tmp_path, algorithm, stop_
         assert np.array_equal(record.bytes_up, expected.bytes_up)
         for name, values in expected.client_metrics.items():
             assert np.array_equal(record.client_metrics[name], values, equal_nan=True), (record.broadcast.round, name)
+
+
+@pytest.mark.parametrize("name", ["fedgmi", "oracle", "local", "fedavg", "fedprox", "ifca", "fedem", "fedgmm"])
+def test_every_algorithms_server_state_can_be_checkpointed(tmp_path, name, small_config):
+    import dataclasses
+
+    from fedgmi_mpi import scenarios
+    from fedgmi_mpi.algorithms import build as build_algorithm
+
+    config = dataclasses.replace(small_config, algorithm=dataclasses.replace(small_config.algorithm, name=name))
+    state = build_algorithm(config, scenarios.build(config), "cpu").init_server()
+    path = tmp_path / "run.h5.checkpoint"
+    checkpoint.write(path, _header(), _snapshot(state))
+    restored = checkpoint.parse(path.read_bytes(), path)[1].server_state
+    assert type(restored) is type(state) and np.array_equal(restored.params, state.params)

@@ -21,6 +21,13 @@ ALGORITHMS = {
 }
 
 
+# Modules whose dataclasses a checkpoint may rebuild (a server state and the pieces it holds):
+# the algorithms' own files, the baselines' shared engine and the codebook's; nothing else is
+# imported when reading one.
+STATE_MODULES = frozenset({f"{__name__}.{target.split(':')[0]}" for target in ALGORITHMS.values()}
+                          | {f"{__name__}.codebook", f"{__name__}.classifiers"})
+
+
 # the algorithms that can fit another number of components than the scenario's truth
 OWN_COMPONENT_COUNT = ("fedgmi",)
 

@@ -54,6 +54,12 @@ class CheckpointWriteError(OSError):
     """The disk refused the checkpoint; the previous one is untouched."""
 
 
+def remove_stale(folder: Path, pattern: str) -> None:
+    """Temporaries that a killed run left behind (its pid in their name; ours would be new)."""
+    for stale in folder.glob(pattern):
+        stale.unlink(missing_ok=True)
+
+
 def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoint")
 
@@ -139,14 +145,17 @@ def _write_value(group: h5py.Group, name: str, value: Any) -> None:
 
 
 def _our_dataclass(spec: str) -> type:
+    """The class a checkpoint names: only a dataclass defined in one of the algorithms' modules
+    (algorithms.STATE_MODULES), found by its own module and name, never any other import."""
+    from ..algorithms import STATE_MODULES
+
     module_name, _, qualname = spec.partition(":")
-    if module_name != "fedgmi_mpi" and not module_name.startswith("fedgmi_mpi."):
-        raise ValueError(f"names a class outside fedgmi_mpi ({spec})")
-    target: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        target = getattr(target, part)
-    if not (isinstance(target, type) and dataclasses.is_dataclass(target)):
-        raise ValueError(f"names {spec}, which is not a dataclass")
+    if module_name not in STATE_MODULES:
+        raise ValueError(f"names a class outside fedgmi_mpi's server states ({spec})")
+    target = importlib.import_module(module_name).__dict__.get(qualname)
+    if not (isinstance(target, type) and dataclasses.is_dataclass(target) and target.__module__ == module_name
+            and target.__qualname__ == qualname):
+        raise ValueError(f"names {spec}, which is not a server-state dataclass")
     return target
 
 
@@ -186,6 +195,7 @@ def write(path: Path, header: Header, snapshot: Snapshot) -> None:
     """Write atomically: a temporary beside ``path``, fsynced, renamed over it; on failure the
     previous checkpoint is left as it was and the temporary removed."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale(path.parent, f".{path.name}.*.tmp")
     try:
         _write_file(temporary, path, header, snapshot)
     except (OSError, RuntimeError) as exc:
@@ -270,7 +280,8 @@ def parse(data: bytes, path: Path) -> tuple[Header, Snapshot]:
             )
     except UserError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError, AttributeError, ImportError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError, AttributeError, ImportError, RuntimeError,
+            RecursionError) as exc:
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {str(exc).splitlines()[0]}") from None
     return header, snapshot
 

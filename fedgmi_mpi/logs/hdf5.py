@@ -35,7 +35,7 @@ import numpy as np
 
 from ..atomic import fsync_path
 from ..errors import UserError
-from .checkpoint import checkpoint_path
+from .checkpoint import checkpoint_path, remove_stale
 
 SCHEMA_VERSION = 4  # 4: /model (the saved global model) and the held-out log-likelihoods
 MPI_COLLECTIVES = ("broadcast", "reduce", "gather")
@@ -240,6 +240,7 @@ class RunLog:
         part = partial_path(out)
         if not part.is_file():
             raise UserError(f"the log {part} that the checkpoint continues is missing")
+        remove_stale(part.parent, f".{part.name}.*.resume")
         copy = part.with_name(f".{part.name}.{os.getpid()}.resume")
         try:
             with h5py.File(part, "r", libver="latest", swmr=True) as source, \
@@ -265,7 +266,7 @@ class RunLog:
             fsync_path(copy)
             os.replace(copy, part)
             fsync_path(part.parent)
-        except OSError as exc:
+        except (OSError, RuntimeError, KeyError) as exc:
             raise UserError(f"cannot continue the log {part}: {str(exc).splitlines()[0]}") from None
         finally:
             copy.unlink(missing_ok=True)

@@ -255,7 +255,9 @@ def run(
                     configured.phase, configured.round, channels.downlink.encode(configured), configured.cohort)
         message = transport.broadcast(message)
         if not isinstance(message, Message):
-            if saved_at != rounds and (message == STOP or checkpoints.every > 0):
+            # at the end always (a periodic one of this round would say "not complete"); on a stop
+            # unless this very state was just saved
+            if (message == END and checkpoints.every > 0) or (message == STOP and saved_at != rounds):
                 checkpoint(final=message == END)
             if message == STOP:
                 raise Stopped(rounds)

@@ -144,14 +144,22 @@ def _check_resume(out: Path, overwrite: bool) -> None:
 
 
 def _load_checkpoint(comm, out: Path, config: Config, force: bool) -> tuple[Header, Snapshot, list[str]]:
-    """Every rank: the checkpoint of ``out`` (rank 0 reads the file, every rank gets its bytes) and
-    the config keys that differ from it (refused unless ``force``)."""
+    """Every rank: the checkpoint of ``out`` (rank 0 reads the file and checks it, every rank gets
+    its bytes), and on rank 0 the config keys that differ from it (refused unless ``force``).
+    Rank 0 decides alone and every rank learns its verdict, so none can be left in a collective."""
     path = checkpoint_path(out)
-    data, error = b"", None
+    data, error, differing = b"", None, []
     if comm.Get_rank() == 0:
         try:
             data = checkpoint_file.read_bytes(path)
-            checkpoint_file.parse(data, path)
+            header, _ = checkpoint_file.parse(data, path)
+            differing = checkpoint_file.differing_keys(header.config, config.to_dict())
+            if (header.package_version, header.git_commit) != (__version__, git_commit()):
+                differing.append(f"code version (checkpoint {header.package_version} {header.git_commit}, now "
+                                 f"{__version__} {git_commit()})")
+            if differing and not force:
+                raise UserError(f"the checkpoint {path} belongs to another config: {'; '.join(differing)}; pass "
+                                "--force to resume anyway (the log records it)")
         except UserError as exc:
             error = str(exc)
     if comm.Get_size() > 1:
@@ -161,14 +169,7 @@ def _load_checkpoint(comm, out: Path, config: Config, force: bool) -> tuple[Head
     if comm.Get_size() > 1:
         data = broadcast_bytes(comm, data if comm.Get_rank() == 0 else None, config.runtime.poll_interval_ms / 1000,
                                config.runtime.round_timeout_s)
-    header, snapshot = checkpoint_file.parse(data, path)
-    differing = checkpoint_file.differing_keys(header.config, config.to_dict())
-    if (header.package_version, header.git_commit) != (__version__, git_commit()):
-        differing.append(f"code version (checkpoint {header.package_version} {header.git_commit}, now "
-                         f"{__version__} {git_commit()})")
-    if differing and not force:
-        raise UserError(f"the checkpoint {path} belongs to another config: {'; '.join(differing)}; pass --force to "
-                        "resume anyway (the log records it)")
+    header, snapshot = checkpoint_file.parse(data, path)  # the bytes rank 0 parsed: the same result
     return header, snapshot, differing
 
 
@@ -293,7 +294,9 @@ def _run(config_file: str | None, overrides: tuple[str, ...], out: Path, overwri
     if size > 1:
         error = agree_on_errors(comm, error)
     if error is not None:
-        if log is not None:
+        if log is not None and resume:
+            log.close()  # the resumed log is the run's: keep it for the next --resume
+        elif log is not None:
             log.discard()
         raise UserError(error)
 
