@@ -11,6 +11,7 @@ Exit codes: 0 success; 2 bad input (one line on stderr, nothing written or overw
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -323,4 +324,7 @@ def _abort_or_exit(code: int) -> None:
         # forwarder before the traceback above reaches the user (seen about 1 time in 3 here).
         time.sleep(0.5)
         MPI.COMM_WORLD.Abort(code)
-    sys.exit(code)
+    sys.stdout.flush()
+    # No interpreter teardown after a fatal error: an HDF5 file whose disk refused a write can
+    # crash the library while it is collected (seen: a segfault after a full disk)
+    os._exit(code)
