@@ -5,7 +5,6 @@ import dataclasses
 import datetime
 import json
 import resource
-import signal
 import sys
 import time
 from pathlib import Path
@@ -25,12 +24,12 @@ from ..logs import checkpoint as checkpoint_file
 from ..logs.checkpoint import Header, Snapshot, checkpoint_path
 from ..logs.hdf5 import ModelSpec, RunLog, check_output, partial_path
 from ..provenance import git_commit, mpi_library, versions
+from ..stop import REQUEST, StopRequest
 from . import faults, loop
 from .device import choose_device, group_size
 from .mpi import MPITransport, agree_on_errors, broadcast_bytes, launched_tasks, local_rank, mpi
 from .observer import LogWriteError, Observer, format_summary
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)  # Slurm's warning before a time limit or preemption, and its TERM
 
 
 def _summary_specs(client_specs: dict, num_components: int) -> dict:
@@ -104,30 +103,6 @@ def _transport(comm, algorithm, config: Config) -> loop.Transport:
         return MPITransport(comm, list(algorithm.metric_specs()), config.runtime.poll_interval_ms,
                             config.runtime.round_timeout_s)
     return loop.SerialTransport()
-
-
-class StopRequest:
-    """SIGUSR1 or SIGTERM on any rank: finish the round, checkpoint, exit (rank 0 decides when;
-    mpiexec and srun pass the signal to every rank). The handlers are put back afterwards."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self.previous = {}
-
-    def __enter__(self) -> "StopRequest":
-        for number in STOP_SIGNALS:
-            self.previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def _handle(self, number: int, frame) -> None:
-        self.signal_name = signal.Signals(number).name
-
-    def __exit__(self, *exc) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-
-    def __call__(self) -> bool:
-        return self.signal_name is not None
 
 
 def _check_resume(out: Path, overwrite: bool) -> None:
@@ -234,8 +209,11 @@ def run_session(config_file: str | None, overrides: tuple[str, ...], out: Path, 
                 command: str, resume: bool = False, force: bool = False) -> None:
     """Every UserError this raises is raised on all ranks alike (agreed before any other collective).
     ``resume``: continue from ``out``'s checkpoint (``force``: even if the config differs)."""
-    with StopRequest() as stop:
+    stop = REQUEST.install()  # SIGUSR1/SIGTERM: finish the round, checkpoint, exit 3 (``python -m`` installs it earlier)
+    try:
         _run(config_file, overrides, out, overwrite, quiet, command, resume, force, stop)
+    finally:
+        stop.uninstall()
 
 
 def _run(config_file: str | None, overrides: tuple[str, ...], out: Path, overwrite: bool, quiet: bool,
