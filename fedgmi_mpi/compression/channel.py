@@ -245,8 +245,10 @@ class Uplink:
         if upload.delta is None:
             out.array(statistics, np.float64)
             return out.getvalue(), None, None
-        if not (np.all(np.isfinite(upload.weights)) and np.all(np.isfinite(upload.delta))):
-            raise OverflowError("a weight or a model delta is not finite (a diverging client?)")
+        bad = ~np.isfinite(np.asarray(upload.delta)).all(axis=1) | ~np.isfinite(np.asarray(upload.weights))
+        if bad.any():  # one diverging client would poison every component it has weight in
+            raise OverflowError(f"the update of component(s) {', '.join(map(str, np.flatnonzero(bad)))} is not finite "
+                                "(NaN or Inf: a diverging client? lower algorithm.lr)")
         shared, private = _streams(self.seed, UP, client_id, round_index)
         wire = self._weights_on_wire(upload.weights)
         sent, budgets = self._row_budgets(wire, len(statistics))

@@ -16,6 +16,7 @@ with FEDGMI_FAULT set says so on stderr).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import sys
@@ -35,7 +36,8 @@ class Fault:
     round: int
 
 
-def parse(text: str) -> list[Fault]:
+@functools.lru_cache(maxsize=8)  # asked several times a round: parse each value once
+def parse(text: str) -> tuple[Fault, ...]:
     faults = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         parts = item.split(":")
@@ -43,10 +45,10 @@ def parse(text: str) -> list[Fault]:
             raise UserError(f"{VARIABLE}={text!r}: expected <kind>:<rank>:<round> with kind one of "
                             f"{', '.join(KINDS)} (a testing aid, see runtime/faults.py)")
         faults.append(Fault(parts[0], int(parts[1]), int(parts[2])))
-    return faults
+    return tuple(faults)
 
 
-def planned() -> list[Fault]:
+def planned() -> tuple[Fault, ...]:
     return parse(os.environ.get(VARIABLE, ""))
 
 

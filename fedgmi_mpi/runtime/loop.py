@@ -25,6 +25,7 @@ import numpy as np
 from ..algorithms.base import Aggregated, Algorithm, Broadcast, ClientUpload, Summed, UploadLayout
 from ..compression import Channels
 from ..compression.channel import ClientChannel, Uplink
+from ..errors import Stopped
 from ..logs.checkpoint import Snapshot
 from ..scenarios.base import Scenario
 from . import exact_sum, faults
@@ -36,18 +37,6 @@ COLLECTIVES = ("broadcast", "reduce", "gather")
 # (a signal asked it to) after every rank has helped write a checkpoint.
 END, STOP = "end", "stop"
 RESIDUAL, PRIVATE = 1, 2  # bits of Snapshot.has_pinned
-
-
-class Stopped(Exception):
-    """Raised on every rank alike when the server stops the run between rounds."""
-
-    def __init__(self, rounds: int):
-        super().__init__(f"stopped after round {rounds - 1}")
-        self.rounds = rounds
-
-
-class NonFiniteUpdate(FloatingPointError):
-    """A client's update holds NaN or Inf: the run stops rather than average it into the model."""
 
 
 @dataclass
@@ -294,12 +283,12 @@ def run(
         if uploads and uploads[0].delta is not None and faults.corrupts_upload(rank, broadcast.round):
             uploads[0].delta[0, 0] = np.nan
         for i, (cid, upload) in enumerate(zip(mine, uploads)):
-            _check_finite(upload, cid, broadcast)
             channel = channel_states.setdefault(cid, channels.uplink.init_client())
             try:
                 bytes_up = _add_upload(local, upload, layout, channels.uplink, channel, broadcast.round, cid, limit)
-            except OverflowError as exc:
-                raise OverflowError(f"client {cid}, {broadcast.phase} round {broadcast.round}: {exc}") from None
+            except OverflowError as exc:  # NaN or Inf (a diverging client) or beyond the exact sums: stop
+                raise OverflowError(f"{broadcast.phase} round {broadcast.round}, client {cid}: {exc}; the run stops, "
+                                    "its last checkpoint is kept") from None
             for name, _, lo, hi in columns:
                 if name in upload.metrics:
                     rows[i, lo:hi] = np.asarray(upload.metrics[name], dtype=np.float64).reshape(-1)
@@ -338,22 +327,6 @@ def run(
             train_rounds += 1
             if checkpoints.every > 0 and train_rounds % checkpoints.every == 0:
                 checkpoint()
-
-
-def _check_finite(upload: ClientUpload, cid: int, broadcast: Broadcast) -> None:
-    """Stop at a NaN or Inf before it reaches the sums: one diverging client would poison every
-    component it has weight in (the run stops; its last checkpoint holds the last good state)."""
-    if not upload.sends:
-        return
-    where = f"{broadcast.phase} round {broadcast.round}, client {cid}"
-    if upload.delta is not None:
-        bad = ~np.isfinite(np.asarray(upload.delta)).all(axis=1) | ~np.isfinite(np.asarray(upload.weights))
-        if bad.any():
-            raise NonFiniteUpdate(f"{where}: the update of component(s) {', '.join(map(str, np.flatnonzero(bad)))} "
-                                  "holds NaN or Inf (a diverging client: lower algorithm.lr?); the run stops, its last "
-                                  "checkpoint is kept")
-    if not np.all(np.isfinite(upload.statistics)):
-        raise NonFiniteUpdate(f"{where}: its statistics hold NaN or Inf; the run stops, its last checkpoint is kept")
 
 
 class _PinnedLayout:

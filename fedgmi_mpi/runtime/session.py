@@ -311,8 +311,8 @@ def _run(config_file: str | None, overrides: tuple[str, ...], out: Path, overwri
                 log.close()  # leave rank 0's partial log closed cleanly before the job is brought down
             except (OSError, RuntimeError):  # a full disk may refuse the last flush too: the first error counts
                 pass
-        if isinstance(exc, loop.Stopped):  # every rank alike: a clean, resumable stop
-            raise Stopped(f"stopped by {stop.signal_name or 'a signal'} after round {exc.rounds - 1}: checkpoint "
+        if isinstance(exc, Stopped):  # every rank alike: a clean, resumable stop
+            raise Stopped(exc.rounds, f"stopped by {stop.signal_name or 'a signal'} after round {exc.rounds - 1}: checkpoint "
                           f"{checkpoint_path(out)} written; run the same command with --resume to continue") from None
         if isinstance(exc, (LogWriteError, checkpoint_file.CheckpointWriteError)):
             raise RuntimeError(f"{exc}; {writer.describe_last()}") from exc
