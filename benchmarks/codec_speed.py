@@ -36,7 +36,8 @@ def client_update_ms(config) -> float:
     algorithm = build_algorithm(config, scenario, "cpu")
     client = scenario.clients[0]
     state = algorithm.init_client(client)
-    broadcast = Broadcast("train", 1, pack([np.array([0.0, 0.0]), np.zeros((0, 0))]), model=algorithm.initial_model())
+    broadcast = Broadcast("train", 1, pack([np.array([0.0, 0.0, 1.0]), np.zeros((0, 0))]),  # after warm-up, untempered
+                          model=algorithm.initial_model())
     algorithm.client_update(broadcast, client, state)
     started = time.perf_counter()
     for _ in range(5):

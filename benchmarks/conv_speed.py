@@ -38,7 +38,8 @@ def seconds_per_round(architecture: str, args: argparse.Namespace, device: torch
                                     f"scenario.num_components={args.components}"])
     data = scenario(args.clients, args.components, args.samples, args.side)
     algorithm = build_algorithm(config, data, device)
-    broadcast = Broadcast("train", 1, pack([np.array([0.0, 0.0]), np.zeros((0, 0))]), model=algorithm.initial_model())
+    broadcast = Broadcast("train", 1, pack([np.array([0.0, 0.0, 1.0]), np.zeros((0, 0))]),  # after warm-up, untempered
+                          model=algorithm.initial_model())
 
     def one_round() -> float:
         states = [algorithm.init_client(c) for c in data.clients]

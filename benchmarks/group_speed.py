@@ -40,7 +40,8 @@ def setup(clients: int, extra: list[str], device: torch.device):
     config = config_mod.load(None, [f"scenario.num_clients={clients}", "scenario.unseen_clients=0", *extra])
     scenario = scenarios.build(config)
     algorithm = build_algorithm(config, scenario, device)
-    broadcast = Broadcast("train", 1, pack([np.array([0.0, 0.0]), np.zeros((0, 0))]), model=algorithm.initial_model())
+    broadcast = Broadcast("train", 1, pack([np.array([0.0, 0.0, 1.0]), np.zeros((0, 0))]),  # after warm-up, untempered
+                          model=algorithm.initial_model())
     return algorithm, scenario.clients, broadcast
 
 

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import MPI_TIMEOUT, REPO, mpiexec, run_cli, small_args
 from fedgmi_mpi.analysis.infer import posterior
@@ -126,8 +127,10 @@ def test_analyze_bad_input_exits_2(logs, tmp_path):
 
 def test_infer_reproduces_the_runs_unseen_clients_bitwise(logs, tmp_path):
     out = tmp_path / "unseen.npz"
+    # the device the run's workers used (runtime.device=auto): CPU and GPU round differently
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     done = run_cli(["infer", "--log", str(logs["fedgmi"]), "--data", str(logs["data"]), "--clients", "8-9",
-                    "--out", str(out)])
+                    "--out", str(out), "--device", device])
     assert done.returncode == 0, done.stderr
     assert "intervals of the proportions holding the Dirichlet draw" in done.stdout
     with np.load(out, allow_pickle=False) as result, h5py.File(logs["fedgmi"]) as f:

@@ -104,7 +104,8 @@ def test_bad_files_are_one_line_errors(tmp_path, idx_pair):
     _one_line_error(run_cli(["data", "convert", "--images", str(images_path), "--labels", str(short_labels),
                              "--out", str(out)]), "59 labels for the 60 images")
     negative = tmp_path / "negative-labels.idx"
-    negative.write_bytes(idx_bytes(np.where(labels == 3, -1, labels).astype(np.int8)))
+    # int8 first: NumPy >= 2.5 refuses -1 beside uint8 labels in np.where
+    negative.write_bytes(idx_bytes(np.where(labels == 3, -1, labels.astype(np.int8))))
     _one_line_error(run_cli(["data", "inspect", str(negative)]), "negative class labels")
 
     nan = tmp_path / "nan.h5"

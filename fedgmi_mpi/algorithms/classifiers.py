@@ -86,7 +86,7 @@ class ClassifierBaseline(GroupAlgorithmBase):
     def upload_weights(self, weights: torch.Tensor, batch: Batch) -> torch.Tensor:
         """[G, M] weight of each model's delta in the server's mean; default: the responsibility
         mass (samples that trained the model). weights [G, N, M] is zero on padding."""
-        return weights.sum(1)
+        return em.ordered_sum(weights, 1)
 
     def predict(self, params: Params, x: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
         """p(y|x) [G, B, C] a client predicts with: sum_m mixing_m p_m(y|x) (fixed mixing)."""
@@ -201,10 +201,10 @@ class ClassifierBaseline(GroupAlgorithmBase):
         def loss(matrix: torch.Tensor, index: torch.Tensor, batch_mask: torch.Tensor) -> torch.Tensor:
             nll = sample_nll(class_logits(self.unflatten(matrix), batch.x[rows, index]), batch.y[rows, index])
             w = (weights[rows, index] * batch_mask.unsqueeze(2)).permute(0, 2, 1).contiguous()  # [G, M, B]
-            norm = w.sum(2) if self.loss_per_mass else batch_mask.sum(1, keepdim=True).to(w.dtype)
-            per_model = (w * nll).sum(2) / norm.clamp_min(1e-8)
+            norm = em.ordered_sum(w, 2) if self.loss_per_mass else batch_mask.sum(1, keepdim=True).to(w.dtype)
+            per_model = em.ordered_sum(w * nll, 2) / norm.clamp_min(1e-8)
             if mu:  # FedProx: stay near the model the round started from
-                per_model = per_model + 0.5 * mu * (matrix - start).pow(2).sum(2)
+                per_model = per_model + 0.5 * mu * em.ordered_sum((matrix - start).pow(2), 2)
             return per_model
 
         return loss

@@ -320,8 +320,8 @@ class FedGMI(GroupAlgorithmBase):
         gate = em.responsibilities(test_ll, proportions)  # the prediction's gate and the held-out weights alike
         predicted = em.predict_proba(test_ll, test_logits, proportions, gate=gate).argmax(2)
         test_resp = gate * batch.test_mask.unsqueeze(2)
-        heldout_mass = test_resp.sum(1)
-        heldout_ll = ((test_resp * test_ll).sum(1) / heldout_mass.clamp_min(1e-30)).double().cpu().numpy()
+        heldout_mass = em.ordered_sum(test_resp, 1)
+        heldout_ll = (em.ordered_sum(test_resp * test_ll, 1) / heldout_mass.clamp_min(1e-30)).double().cpu().numpy()
         heldout_mixture = em.masked_mean(em.mixture_log_likelihood(test_ll, proportions).unsqueeze(2),
                                          batch.test_mask)[:, 0].double().cpu().numpy()
         heldout_mass = heldout_mass.double().cpu().numpy()
@@ -383,11 +383,12 @@ class FedGMI(GroupAlgorithmBase):
         for state, value in zip(states, proportions.cpu().numpy()):
             state["proportions"][:] = value
         weights = mstep_weights * batch.mask.unsqueeze(2)
-        trained = em.local_m_step(self.layout, start, batch.x, batch.y, batch.counts, weights, self.cfg.local_epochs,
-                                  self.cfg.batch_size, self.cfg.lr, self.cfg.label_weight, generators,
-                                  elbo_fn=self.model.elbo)
+        with self.model.training_numerics():
+            trained = em.local_m_step(self.layout, start, batch.x, batch.y, batch.counts, weights,
+                                      self.cfg.local_epochs, self.cfg.batch_size, self.cfg.lr, self.cfg.label_weight,
+                                      generators, elbo_fn=self.model.elbo)
         delta = (trained - start).cpu().numpy()
-        mass = weights.sum(1).double().cpu().numpy()
+        mass = em.ordered_sum(weights, 1).double().cpu().numpy()
         return [ClientUpload(delta=delta[g], weights=mass[g], statistics=np.zeros(0), metrics=metrics[g])
                 if client.seen else no_upload(metrics[g]) for g, client in enumerate(clients)]
 

@@ -189,7 +189,7 @@ class FedGMM(ClassifierBaseline):
         return torch.logsumexp(log_gate.transpose(1, 2).unsqueeze(3) + log_classes, dim=1).exp()
 
     def upload_weights(self, weights: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return torch.cat([weights.sum(1), batch.counts.to(weights.dtype)[:, None]], dim=1)
+        return torch.cat([em.ordered_sum(weights, 1), batch.counts.to(weights.dtype)[:, None]], dim=1)
 
     def _loss(self, start: torch.Tensor, batch: Batch, weights: torch.Tensor):
         rows = torch.arange(len(weights), device=weights.device)[:, None]
@@ -199,11 +199,11 @@ class FedGMM(ClassifierBaseline):
             x = batch.x[rows, index]
             nll = sample_nll(class_logits(params, x), batch.y[rows, index])  # [G, K, B]
             w = (weights[rows, index] * batch_mask.unsqueeze(2)).permute(0, 2, 1).contiguous()
-            classifiers = (w * nll).sum(2) / w.sum(2).clamp_min(1e-8)
+            classifiers = em.ordered_sum(w * nll, 2) / em.ordered_sum(w, 2).clamp_min(1e-8)
             reconstruction = F.binary_cross_entropy_with_logits(
                 self.reconstruction_logits(params, self.codes(params, x)), x, reduction="none").sum(2)
             real = batch_mask.to(reconstruction.dtype)
-            autoencoder = (reconstruction * real).sum(1) / real.sum(1).clamp_min(1)
+            autoencoder = em.ordered_sum(reconstruction * real, 1) / real.sum(1).clamp_min(1)
             return torch.cat([classifiers, autoencoder.unsqueeze(1)], dim=1)  # the Gaussians' gradient is 0
 
         return loss
@@ -215,7 +215,7 @@ class FedGMM(ClassifierBaseline):
         with torch.no_grad():
             codes = self.codes(params, batch.x).double()  # [G, N, Z]
             r = (resp * batch.mask.unsqueeze(2)).double()  # [G, N, K]
-            statistics = torch.cat([r.sum(1), torch.einsum("gnk,gnz->gkz", r, codes).flatten(1),
+            statistics = torch.cat([em.ordered_sum(r, 1), torch.einsum("gnk,gnz->gkz", r, codes).flatten(1),
                                     torch.einsum("gnk,gnz->gkz", r, codes.pow(2)).flatten(1)], dim=1).cpu().numpy()
         uploads = super().uploads(deltas, weights, clients, states, trained, metrics, params, batch, resp)
         for upload, row in zip(uploads, statistics):

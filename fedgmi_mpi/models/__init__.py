@@ -9,8 +9,9 @@ densities of different families (or a density against a probability) are not com
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+from typing import Any, ContextManager
 
 import torch
 
@@ -21,6 +22,17 @@ from .vae import Params, ParamLayout, VAEShape
 
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+@contextlib.contextmanager
+def _without_onednn():
+    # not torch.backends.mkldnn.flags(): it also resets oneDNN's TF32 switch and warns each time
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 class DensityModel:
@@ -62,6 +74,14 @@ class DensityModel:
                           chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Importance-weighted log p_k(x) [G, K, B] (noise [G, S, K, B, Z]) and class logits [G, K, B, C]."""
         return self.network.iw_log_likelihood(params, x, noise, chunk or self.chunk)
+
+    def training_numerics(self) -> ContextManager:
+        """The context a group's training (forward and backward) runs in. The conv VAE turns
+        oneDNN off: its threaded convolution kernels split the work by the size of the whole
+        batch, so with 8+ threads a client's gradients depended on how many clients shared its
+        group, hence on the rank count (tests/test_conv_vae.py). PyTorch's own kernels keep each
+        client's bits at any thread count; they cost ~1.2x at 1 thread (benchmarks/conv_speed.py)."""
+        return _without_onednn() if self.architecture == "conv" else contextlib.nullcontext()
 
     def decode_mean(self, params: Params, z: torch.Tensor) -> torch.Tensor:
         """z [G, S, K, B, Z] -> the mean of p(x | z) [G, S, K, B, D]: sigmoid of the logits
