@@ -77,10 +77,13 @@ class AlgorithmConfig:
     estep_samples: int = 16  # importance samples for the training E-step likelihoods
     estep_uses_labels: bool = True  # multiply p_k(x_i) by p_k(y_i | x_i) in the training E-step
     proportion_iterations: int = 20  # EM iterations on pi per E-step, likelihoods held fixed
-    # The M-step trains on r_ik ∝ pi_ck p_k(x_i)^beta (the proportions stay maximum likelihood, beta = 1):
-    # beta < 1 damps the feedback that makes one component take over its twin's ambiguous samples
-    # (the drift, docs/algorithm.md), for the first mstep_tempering_rounds E-step rounds (-1: all).
-    mstep_tempering: float = 0.5
+    # The M-step trains component k on w_ik ∝ pi_ck^gamma [p_k(x_i) p_k(y_i|x_i)]^beta; the proportions,
+    # assignments and scores stay the plain responsibilities (gamma = beta = 1). gamma > 1 lets a client's
+    # proportions, not a component's head start, decide which component trains on its ambiguous samples:
+    # the structural fix of the drift (docs/algorithm.md). beta < 1 (tempering) damps the same feedback
+    # another way, for the first mstep_tempering_rounds E-step rounds (-1: all); off by default.
+    mstep_prior_power: float = 2.0
+    mstep_tempering: float = 1.0
     mstep_tempering_rounds: int = 60
     init: str = "topics"  # "topics" (codebook + federated topic model) or "random"
     codebook_size: int = 64
@@ -301,6 +304,7 @@ def validate(config: Config) -> None:
     _require(a.estep_samples >= 1 and a.test_samples >= 1 and a.eval_samples >= 1, "algorithm.*_samples must be >= 1")
     _require(a.proportion_iterations >= 1, "algorithm.proportion_iterations must be >= 1")
     _require(0 < a.mstep_tempering <= 1, "algorithm.mstep_tempering must be in (0, 1]")
+    _require(0 <= a.mstep_prior_power <= 16, "algorithm.mstep_prior_power must be in [0, 16]")
     _require(a.mstep_tempering_rounds >= -1, "algorithm.mstep_tempering_rounds must be >= 0, or -1 (every E-step round)")
     _require(a.init in ("topics", "random"), f"algorithm.init must be topics or random, got {a.init!r}")
     _require(a.codebook_size >= 2, "algorithm.codebook_size must be >= 2")

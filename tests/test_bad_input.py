@@ -215,6 +215,8 @@ CASES = [
     ("checkpoint without its log", _resume_without_log, "out.h5.partial that the checkpoint"),
     ("negative checkpoint interval", _set("runtime.checkpoint_every=-5"), "runtime.checkpoint_every must be >= 0"),
     ("negative round timeout", _set("runtime.round_timeout_s=-1"), "runtime.round_timeout_s must be >= 0"),
+    ("M-step prior power out of range", _set("algorithm.mstep_prior_power=-1"),
+     "algorithm.mstep_prior_power must be in [0, 16]"),
     ("missing output folder", lambda d: ["run", *small_args(), "--out", str(d / "no" / "out.h5")], "does not exist"),
     ("analysis of a file that is not ours", _not_our_log, "is not a fedgmi run log"),
     ("analysis of a missing log", lambda d: ["analyze", str(d / "gone.h5")], "no log at"),

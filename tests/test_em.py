@@ -20,6 +20,23 @@ def test_responsibilities_match_bayes_rule():
     assert torch.allclose(r.sum(1), torch.ones(3, dtype=torch.float64))
 
 
+def test_mstep_weights_share_ambiguous_samples_by_the_powered_proportions():
+    """The M-step's weights (docs/algorithm.md, the drift): a sample whose likelihoods tie is shared
+    by pi^prior_power, so the client's dominant component takes more of it; a sample 12 nats clear
+    stays with its component whatever the power; tempering instead softens every sample."""
+    pi = torch.tensor([[0.75, 0.25]], dtype=torch.float64)
+    ll = torch.tensor([[[-50.0, -50.0], [-40.0, -52.0], [-52.0, -40.0]]], dtype=torch.float64)
+    plain = em.mstep_weights(ll, pi)
+    assert torch.allclose(plain, em.responsibilities(ll, pi), atol=1e-12)
+    squared = em.mstep_weights(ll, pi, prior_power=2.0)
+    assert torch.allclose(squared[0, 0], torch.tensor([0.9, 0.1], dtype=torch.float64), atol=1e-12)  # 0.75^2 : 0.25^2
+    assert squared[0, 1, 0] > 0.9999 and squared[0, 2, 1] > 0.9999
+    assert torch.allclose(squared.sum(2), torch.ones(1, 3, dtype=torch.float64))
+    tempered = em.mstep_weights(ll, pi, tempering=0.5)
+    assert tempered[0, 2, 1] < 0.995 < squared[0, 2, 1]
+    assert torch.allclose(tempered[0, 0], plain[0, 0])  # a tie stays at pi under tempering
+
+
 def test_proportions_are_counts_when_components_do_not_overlap():
     # Each sample has positive density under exactly one component: the MLE is the count fraction.
     owner = torch.tensor([0, 0, 1, 2, 2, 2, 2, 1])

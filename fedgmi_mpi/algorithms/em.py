@@ -50,6 +50,16 @@ def responsibilities(log_likelihood: torch.Tensor, proportions: torch.Tensor) ->
     return torch.softmax(log_likelihood + torch.log(proportions.clamp_min(1e-30)).unsqueeze(1), dim=2)
 
 
+def mstep_weights(log_likelihood: torch.Tensor, proportions: torch.Tensor, tempering: float = 1.0,
+                  prior_power: float = 1.0) -> torch.Tensor:
+    """What the M-step trains each component on: w_gik ∝ pi_gk^prior_power p_k(x_gi)^tempering [G, N, K]
+    (the responsibilities when both are 1). A sample whose likelihoods are far apart keeps its
+    component whatever the powers; an ambiguous one (likelihoods within a few nats) is shared by
+    the client's proportions raised to prior_power, so with prior_power > 1 the components that
+    dominate the client take it, rather than the component whose density happens to lead."""
+    return responsibilities(tempering * log_likelihood, proportions.clamp_min(1e-30) ** prior_power)
+
+
 def fit_proportions(
     log_likelihood: torch.Tensor, mask: torch.Tensor, proportions: torch.Tensor, iterations: int, tol: float = 1e-7
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -347,8 +347,8 @@ class FedGMI(GroupAlgorithmBase):
                                    best_restart: int, best_topics: np.ndarray,
                                    tempering: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(proportions [G, K], responsibilities [G, N, K], the M-step's weights [G, N, K]) of a
-        training round: the topic model's during warm-up, then the E-step's; the weights are the
-        responsibilities tempered, r ∝ pi p^tempering (the proportions stay maximum likelihood)."""
+        training round: the topic model's during warm-up, then the E-step's; the weights are
+        w ∝ pi^mstep_prior_power p^tempering (em.mstep_weights; the proportions stay maximum likelihood)."""
         if warmup:
             resp = torch.zeros_like(log_likelihood)
             for g, (client, state) in enumerate(zip(clients, states)):
@@ -361,8 +361,10 @@ class FedGMI(GroupAlgorithmBase):
             estep_ll = log_likelihood + torch.log_softmax(logits, -1).gather(3, labels).squeeze(3).transpose(1, 2)
         prior = torch.as_tensor(np.stack([s["proportions"] for s in states]), dtype=torch.float32, device=self.device)
         proportions, resp = em.fit_proportions(estep_ll, batch.mask, prior, self.cfg.proportion_iterations)
-        weights = resp if tempering == 1 else em.responsibilities(tempering * estep_ll, proportions)
-        return proportions, resp, weights
+        prior_power = self.cfg.mstep_prior_power
+        if tempering == 1 and prior_power == 1:  # plain EM: the weights are the responsibilities
+            return proportions, resp, resp
+        return proportions, resp, em.mstep_weights(estep_ll, proportions, tempering, prior_power)
 
     def _train_group(self, broadcast: Broadcast, clients: list[ClientData],
                      states: list[dict[str, np.ndarray]]) -> list[ClientUpload]:
