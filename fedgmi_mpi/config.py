@@ -78,13 +78,14 @@ class AlgorithmConfig:
     estep_uses_labels: bool = True  # multiply p_k(x_i) by p_k(y_i | x_i) in the training E-step
     proportion_iterations: int = 20  # EM iterations on pi per E-step, likelihoods held fixed
     # The M-step trains component k on w_ik ∝ pi_ck^gamma [p_k(x_i) p_k(y_i|x_i)]^beta; the proportions,
-    # assignments and scores stay the plain responsibilities (gamma = beta = 1). gamma > 1 lets a client's
-    # proportions, not a component's head start, decide which component trains on its ambiguous samples:
-    # the structural fix of the drift (docs/algorithm.md). beta < 1 (tempering) damps the same feedback
-    # another way, for the first mstep_tempering_rounds E-step rounds (-1: all); off by default.
-    mstep_prior_power: float = 2.0
-    mstep_tempering: float = 1.0
+    # assignments and scores stay the plain responsibilities (gamma = beta = 1). beta < 1 (tempering)
+    # damps the feedback that makes one component take over its twin's ambiguous samples (the drift,
+    # docs/algorithm.md), for the first mstep_tempering_rounds E-step rounds (-1: all). gamma > 1 lets a
+    # client's proportions decide its ambiguous samples instead: it holds a short recipe better but
+    # costs mixtures whose components truly overlap (synthetic), so it is an option, not the default.
+    mstep_tempering: float = 0.5
     mstep_tempering_rounds: int = 60
+    mstep_prior_power: float = 1.0
     init: str = "topics"  # "topics" (codebook + federated topic model) or "random"
     codebook_size: int = 64
     codebook_lloyd_iterations: int = 6

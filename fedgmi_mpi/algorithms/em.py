@@ -57,7 +57,8 @@ def mstep_weights(log_likelihood: torch.Tensor, proportions: torch.Tensor, tempe
     component whatever the powers; an ambiguous one (likelihoods within a few nats) is shared by
     the client's proportions raised to prior_power, so with prior_power > 1 the components that
     dominate the client take it, rather than the component whose density happens to lead."""
-    return responsibilities(tempering * log_likelihood, proportions.clamp_min(1e-30) ** prior_power)
+    prior = proportions if prior_power == 1 else proportions.clamp_min(1e-30) ** prior_power
+    return responsibilities(tempering * log_likelihood, prior)
 
 
 def fit_proportions(
