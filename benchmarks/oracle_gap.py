@@ -9,7 +9,8 @@ oracle (FedGMI's model and rounds, trained on the true components) and FedGMI wi
 config, under ``mpiexec`` (or in one process with --serial; the logs are the same bit for bit),
 each with its own log in --folder (a log already there is read, not rerun, so an interrupted
 table resumes and the oracle runs once for several FedGMI variants: --fedgmi-set and --label
-name a variant, e.g. ``--fedgmi-set algorithm.mstep_prior_power=1 --label plain-em``). Prints, per
+name a variant, e.g. ``--fedgmi-set algorithm.mstep_tempering=1 --label plain-em``, or ``--fedgmi-set
+algorithm.mstep_prior_power=2 --fedgmi-set algorithm.mstep_tempering=1 --label prior2``). Prints, per
 row, FedGMI's and the oracle's final matched proportion MAE and assignment accuracy, the MAE
 ratio (target <= 1.2 on the default scenario, <= 1.5 on a family), the assignment gap in points
 (target <= 1 on the default scenario), and FedGMI's wall time against the oracle's.
