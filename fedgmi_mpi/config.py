@@ -128,6 +128,10 @@ class RuntimeConfig:
 @dataclass
 class Config:
     seed: int = 0
+    # the seed of training's randomness (initialisation, E-step noise, cohorts, compression);
+    # -1: the same as ``seed``, which also makes the scenario. Another value retrains on the
+    # same data from another start (restarts).
+    training_seed: int = -1
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -136,6 +140,11 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def run_seed(self) -> int:
+        """The seed of training's random streams (``training_seed``, or ``seed`` when -1)."""
+        return self.seed if self.training_seed < 0 else self.training_seed
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -261,6 +270,7 @@ def _require(condition: bool, message: str) -> None:
 def validate(config: Config) -> None:
     s, m, a, r = config.scenario, config.model, config.algorithm, config.runtime
     _require(config.seed >= 0, "seed must be >= 0")
+    _require(config.training_seed >= -1, "training_seed must be >= 0, or -1 for the same as seed")
     _require(s.name in SCENARIOS, f"scenario.name must be one of {', '.join(SCENARIOS)}, got {s.name!r}")
     _require(s.name not in ("transforms", "label_groups", "sources") or bool(s.components.strip()),
              f"scenario.components must describe the components when scenario.name={s.name} (docs/scenarios.md)")

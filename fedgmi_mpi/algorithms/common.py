@@ -55,7 +55,7 @@ class GroupAlgorithmBase:
                  num_components: int | None = None):
         self.config = config
         self.cfg = config.algorithm
-        self.seed = config.seed
+        self.seed = config.run_seed
         self.device = torch.device(device)
         # the components the algorithm fits (``algorithm.num_components``) and the truth's, which
         # scores them; the same unless the user (or the component selection) says otherwise

@@ -102,7 +102,7 @@ class ComponentSelection:
 
     def __init__(self, config: Config, scenario: Scenario, device: torch.device | str = "cpu"):
         self.cfg = config.algorithm
-        self.seed = config.seed
+        self.seed = config.run_seed
         self.candidates = np.arange(self.cfg.auto_min_components, self.cfg.auto_max_components + 1)
         self.restarts = RESTARTS
         self.seen = np.array([c.client_id for c in scenario.clients if c.seen], dtype=np.int64)

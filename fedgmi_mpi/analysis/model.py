@@ -95,7 +95,7 @@ def read_model(path: str | Path) -> SavedModel:
         train_round = int(group["train_round"][0])
         description = json.loads(group.attrs["description"])
         config = json.loads(file.attrs.get("config", "{}"))
-        seed = int(file.attrs.get("seed", 0))
+        seed = int(file.attrs.get("training_seed", file.attrs.get("seed", 0)))  # the evaluation noise's seed
         max_train = int(file["clients/num_train"][()].max())
         max_test = int(file["clients/num_test"][()].max())
         matching = None

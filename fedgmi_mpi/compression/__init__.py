@@ -103,9 +103,9 @@ def build(config: Config, algorithm: Algorithm) -> Channels:
     # The replica of what clients hold feeds the downlink's error back every round: contractive too.
     down_codec, down_cap = _resolve("downlink", c.downlink, c.downlink_bits, c.value_bits, down_header, layout,
                                     all_rows=True, unbiased=False)
-    uplink = Uplink(up_codec, layout, up_cap, config.seed, select=c.select_components,
+    uplink = Uplink(up_codec, layout, up_cap, config.run_seed, select=c.select_components,
                     threshold=c.selection_threshold, error_feedback=feedback, residual_dtype=c.residual_dtype)
-    downlink = Downlink(down_codec, layout, down_cap, config.seed, algorithm.initial_model())
+    downlink = Downlink(down_codec, layout, down_cap, config.run_seed, algorithm.initial_model())
 
     def detail(chosen: Codec, cap: int | None, header: int) -> str:
         if cap is None:

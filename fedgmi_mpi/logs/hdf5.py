@@ -1,7 +1,7 @@
 """The run log: one HDF5 file written by rank 0, the only place that writes HDF5.
 
 Layout (see docs/hdf5-schema.md):
-  /                    attrs: config (JSON), seed, versions (JSON), mpi_library, world_size,
+  /                    attrs: config (JSON), seed, training_seed, versions (JSON), mpi_library, world_size,
                        git_commit, schema_version, created, command, the budget and methods
   /status              [1] int8: 0 running, 1 complete (readable while the run goes on)
   /rounds/{phase, wall_time, participated, bytes_down, bytes_up, downlink_cap, uplink_cap,

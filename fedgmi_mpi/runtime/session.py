@@ -48,7 +48,7 @@ def _create_log(config: Config, scenario, algorithm, channels, out: Path, overwr
                                              ("exact_responsibilities", scenario.exact_responsibilities()))
              if value is not None}
     attrs = {
-        "config": config.to_json(), "seed": config.seed, "versions": json_dumps(versions()),
+        "config": config.to_json(), "seed": config.seed, "training_seed": config.run_seed, "versions": json_dumps(versions()),
         "mpi_library": mpi_library(), "world_size": world_size, "git_commit": git_commit(),
         "created": _now(), "command": command, "scenario": scenario.description,
         "algorithm": algorithm.name, "algorithm_reads_truth": bool(getattr(algorithm, "reads_truth", False)),
