@@ -15,6 +15,11 @@ row, FedGMI's and the oracle's final matched proportion MAE and assignment accur
 ratio (target <= 1.2 on the default scenario, <= 1.5 on a family), the assignment gap in points
 (target <= 1 on the default scenario), and FedGMI's wall time against the oracle's.
 
+``--restarts R`` trains each row R times on the same data (``training_seed`` -1, i.e. the seed
+itself, then 100*seed+1 .. 100*seed+R-1), oracle and FedGMI alike, and prints the means over
+the starts with each one's range: training's own randomness moves a single run's MAE by up to
+0.0036 on seed 1 (docs/algorithm.md, "Restarts"), as much as the gap being measured.
+
 The idx family needs its files first: ``python benchmarks/make_idx.py --out examples/idx``.
 """
 from __future__ import annotations
@@ -55,29 +60,47 @@ def main() -> None:
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
     parser.add_argument("--fedgmi-set", action="append", default=[], help="config override for FedGMI only")
     parser.add_argument("--label", default="fedgmi", help="name of the FedGMI variant (its logs' prefix)")
+    parser.add_argument("--restarts", type=int, default=1, help="training starts per row (means are printed)")
     args = parser.parse_args()
     folder = REPO / args.folder
     folder.mkdir(parents=True, exist_ok=True)
     rows = [("default", seed) for seed in args.seeds] + [(family, 0) for family in args.families if family != "default"]
-    print("| scenario | seed | FedGMI MAE | oracle MAE | ratio | FedGMI assignment | oracle assignment | gap (points) "
-          "| FedGMI wall s | oracle wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| scenario | seed | starts | FedGMI MAE | oracle MAE | ratio | FedGMI assignment | oracle assignment "
+          "| gap (points) | FedGMI wall s | oracle wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for family, seed in rows:
         config = FAMILIES[family]
-        base = [f"seed={seed}"]
-        oracle = run(config, base + ["algorithm.name=oracle"], folder / f"oracle-{family}-seed{seed}.h5", args.ranks,
-                     args.serial)
-        fedgmi = run(config, base + args.fedgmi_set, folder / f"{args.label}-{family}-seed{seed}.h5", args.ranks,
-                     args.serial)
+        oracle, fedgmi = [], []
+        for start in training_seeds(seed, args.restarts):
+            base = [f"seed={seed}"] + ([f"training_seed={start}"] if start >= 0 else [])
+            suffix = "" if start < 0 else f"-start{start}"  # the first start keeps the old log names
+            oracle.append(run(config, base + ["algorithm.name=oracle"],
+                              folder / f"oracle-{family}-seed{seed}{suffix}.h5", args.ranks, args.serial))
+            fedgmi.append(run(config, base + args.fedgmi_set, folder / f"{args.label}-{family}-seed{seed}{suffix}.h5",
+                              args.ranks, args.serial))
+        oracle_mae, fedgmi_mae = mean(oracle, "proportion_mae"), mean(fedgmi, "proportion_mae")
         # an oracle that is exact (idx: transforms that never look alike) leaves no finite ratio
-        ratio = (f"{fedgmi['proportion_mae'] / oracle['proportion_mae']:.2f}" if oracle["proportion_mae"] > 1e-6
-                 else "n/a (oracle exact)")
-        gap = 100 * (oracle["assignment_accuracy"] - fedgmi["assignment_accuracy"])
-        print(f"| {family} | {seed} | {fedgmi['proportion_mae']:.4f} | {oracle['proportion_mae']:.4f} | {ratio} "
-              f"| {fedgmi['assignment_accuracy']:.4f} | {oracle['assignment_accuracy']:.4f} | {gap:+.1f} "
-              f"| {fedgmi.get('wall_time_s', float('nan')):.0f} | {oracle.get('wall_time_s', float('nan')):.0f} |",
-              flush=True)
+        ratio = f"{fedgmi_mae / oracle_mae:.2f}" if oracle_mae > 1e-6 else "n/a (oracle exact)"
+        gap = 100 * (mean(oracle, "assignment_accuracy") - mean(fedgmi, "assignment_accuracy"))
+        print(f"| {family} | {seed} | {args.restarts} | {cell(fedgmi, 'proportion_mae')} | {cell(oracle, 'proportion_mae')} "
+              f"| {ratio} | {cell(fedgmi, 'assignment_accuracy')} | {cell(oracle, 'assignment_accuracy')} | {gap:+.1f} "
+              f"| {mean(fedgmi, 'wall_time_s'):.0f} | {mean(oracle, 'wall_time_s'):.0f} |", flush=True)
 
+
+def training_seeds(seed: int, restarts: int) -> list[int]:
+    """-1 (training's streams from the seed itself, the default run), then 100*seed+1, ..."""
+    return [-1] + [100 * seed + start for start in range(1, restarts)]
+
+
+def mean(summaries: list[dict], key: str) -> float:
+    return sum(s.get(key, float("nan")) for s in summaries) / len(summaries)
+
+
+def cell(summaries: list[dict], key: str) -> str:
+    """The mean, and with several starts their range."""
+    values = [s[key] for s in summaries]
+    text = f"{mean(summaries, key):.4f}"
+    return text if len(values) == 1 else f"{text} ({min(values):.4f}-{max(values):.4f})"
 
 if __name__ == "__main__":
     main()
