@@ -102,5 +102,6 @@ def cell(summaries: list[dict], key: str) -> str:
     text = f"{mean(summaries, key):.4f}"
     return text if len(values) == 1 else f"{text} ({min(values):.4f}-{max(values):.4f})"
 
+
 if __name__ == "__main__":
     main()

@@ -1,4 +1,6 @@
 """Nothing about the truth enters training or initialisation: scrambling it changes no result."""
+import dataclasses
+
 import numpy as np
 
 from fedgmi_mpi import scenarios
@@ -54,8 +56,6 @@ def test_scrambled_truth_leaves_the_choice_of_k_unchanged(small_config):
 def test_training_seed_restarts_training_on_the_same_data(small_config):
     """training_seed: -1 is the seed itself (old logs reproduce); another value keeps the scenario
     and changes training's random streams."""
-    import dataclasses
-
     same = dataclasses.replace(small_config, training_seed=small_config.seed)
     other = dataclasses.replace(small_config, training_seed=small_config.seed + 17)
     base_scenario, other_scenario = scenarios.build(small_config), scenarios.build(other)
