@@ -1,5 +1,5 @@
 """Command line: ``fedgmi run``, ``info``, ``compare``, ``export-scenario``, and the post-analysis
-``analyze``, ``report``, ``infer`` and ``watch`` (these read logs on CPU, without MPI), and
+``analyze``, ``report``, ``infer``, ``combine`` and ``watch`` (these read logs on CPU, without MPI), and
 ``data inspect`` / ``data convert`` for users' files.
 
 Launch across ranks with ``mpiexec -n N python -m mpi4py -m fedgmi_mpi run ...``. With one rank
@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
@@ -23,6 +24,9 @@ import numpy as np
 from . import __version__
 from .errors import Stopped, UserError
 from .provenance import mpi_library, versions
+
+if TYPE_CHECKING:
+    from .analysis.model import SavedModel
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -162,14 +166,10 @@ def infer(log_path: str, data: str, out: str | None, clients: str | None, level:
     from .analysis import inference_output
     from .analysis.infer import infer_clients, parse_clients, score
     from .analysis.model import read_model
-    from .scenarios.npz_file import read_arrays
 
     target = inference_output.check_target(out)
     model = read_model(log_path)
-    # a Gaussian-likelihood model takes real-valued features; a Bernoulli one needs x in [0, 1]
-    true_components = int(model.config.get("scenario", {}).get("num_components", model.num_components))
-    arrays = read_arrays(data, required=("x",), num_components=true_components,
-                         unit_range=model.description.get("likelihood", "bernoulli") != "gaussian")
+    arrays = _clients_samples(model, data)
     ids = parse_clients(clients, np.unique(arrays["client"]) if "client" in arrays else np.zeros(1, dtype=np.int64))
     results = infer_clients(model, arrays, ids, level=level, prior=prior, draws=draws, seed=seed,
                             device=_torch_device(device))
@@ -178,6 +178,25 @@ def infer(log_path: str, data: str, out: str | None, clients: str | None, level:
     if target is not None:
         inference_output.write(target, model, results, scores, level, prior)
         click.echo(f"wrote {target}")
+
+
+@cli.command()
+@click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(dir_okay=False),
+              help="Clients' samples (.npz, docs/data.md); default: the runs' own clients, rebuilt from their config.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the combined estimate: .npz or .json.")
+@click.option("--device", default="cpu", show_default=True, help="torch device.")
+def combine(logs: tuple[str, ...], data: str | None, out: str | None, device: str) -> None:
+    """One estimate from several training starts (training_seed) of the same run."""
+    from .analysis import combine as combine_mod
+    from .analysis.model import read_model
+
+    target = None if out is None else combine_mod.check_target(out)  # refused before minutes of E-steps
+    arrays = None if data is None else _clients_samples(read_model(logs[0]), data)
+    combined = combine_mod.combine(list(logs), arrays, device=_torch_device(device))
+    click.echo(combine_mod.format_text(combined))
+    if target is not None:
+        click.echo(f"wrote {combine_mod.write(combined, target)}")
 
 
 @cli.command()
@@ -201,6 +220,16 @@ def watch(log: str, interval: float, once: bool, timeout: float | None, give_up:
     if state["complete"]:
         click.echo("run complete:")
         click.echo(tables.format_text(tables.headline(load(state["log"]))))
+
+
+def _clients_samples(model: SavedModel, data: str) -> dict[str, np.ndarray]:
+    """A data file's arrays, checked for a log's saved model: a Gaussian-likelihood model takes
+    real-valued features, a Bernoulli one needs x in [0, 1]."""
+    from .scenarios.npz_file import read_arrays
+
+    true_components = int(model.config.get("scenario", {}).get("num_components", model.num_components))
+    return read_arrays(data, required=("x",), num_components=true_components,
+                       unit_range=model.description.get("likelihood", "bernoulli") != "gaussian")
 
 
 def _torch_device(name: str) -> str:

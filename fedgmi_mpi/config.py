@@ -239,6 +239,15 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]
     return out
 
 
+def from_mapping(data: dict[str, Any]) -> Config:
+    """A config from its nested mapping, e.g. the JSON a run log keeps in its ``config`` attr."""
+    config = Config()
+    for key, value in _flatten(data):
+        apply(config, key, value)
+    validate(config)
+    return config
+
+
 def load(path: str | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     config = Config()
     if path:

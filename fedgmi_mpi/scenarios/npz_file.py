@@ -115,6 +115,11 @@ def load(path: str, seed: int, num_components: int, unseen_clients: int, test_fr
 
 def save(scenario: Scenario, path: str | Path) -> None:
     """Write a scenario in this format (how a user can see an example file)."""
+    np.savez_compressed(path, **to_arrays(scenario))
+
+
+def to_arrays(scenario: Scenario) -> dict[str, np.ndarray]:
+    """A scenario as this format's arrays (what ``read_arrays`` gives back from a saved file)."""
     parts = {k: [] for k in ("x", "y", "client", "test", "component")}
     for c in scenario.clients:
         for xs, ys, zs, is_test in ((c.x_train, c.y_train, c.true_components_train, False),
@@ -130,4 +135,4 @@ def save(scenario: Scenario, path: str | Path) -> None:
     proportions = scenario.true_proportions()
     if proportions is not None:
         arrays["proportions"] = proportions
-    np.savez_compressed(path, **arrays)
+    return arrays
