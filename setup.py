@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         "mpich": ["mpich"],  # pip's MPICH: gives mpiexec on a machine without a system MPI
-        "test": ["pytest>=7", "pytest-timeout>=2"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3"],
     },
     entry_points={"console_scripts": ["fedgmi=fedgmi_mpi.cli:main"]},
 )
