@@ -122,7 +122,8 @@ def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.
         test = arrays["test"][rows].astype(bool) if "test" in arrays else np.zeros(len(rows), dtype=bool)
         used, scored = (rows[~test], rows[test]) if test.any() and (~test).any() else (rows, rows)
         # the run's evaluation stream for this client: the test samples' noise follows the training samples'
-        generator = rngs.torch_generator(seed, rngs.CLIENT_EVAL, int(cid), model.round)
+        # (drawn on the device: a CUDA generator draws other numbers than a CPU one from the same seed)
+        generator = rngs.torch_generator(seed, rngs.CLIENT_EVAL, int(cid), model.round, device=device)
         log_likelihood, logits = _log_likelihoods(params, shape, x_all, used, samples, generator, model.max_train, device)
         mask = torch.ones(1, len(used), dtype=torch.bool, device=device)
         uniform = torch.full((1, k), 1.0 / k, device=device)
