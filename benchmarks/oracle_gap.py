@@ -2,7 +2,8 @@
 
   python benchmarks/oracle_gap.py [--folder runs/oracle-gap] [--ranks 3] [--seeds 0 1 2 3]
                                   [--families default flips label_groups synthetic idx]
-                                  [--fedgmi-set key=value ...] [--label NAME] [--serial]
+                                  [--set key=value ...] [--fedgmi-set key=value ...] [--label NAME]
+                                  [--serial]
 
 For every seed on the default scenario and for each shipped scenario family (seed 0), runs the
 oracle (FedGMI's model and rounds, trained on the true components) and FedGMI with the same
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--serial", action="store_true", help="one process per run (same logs, one core each)")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3])
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
+    parser.add_argument("--set", dest="shared_set", action="append", default=[],
+                        help="config override for the oracle and FedGMI alike (e.g. model.hidden=256)")
     parser.add_argument("--fedgmi-set", action="append", default=[], help="config override for FedGMI only")
     parser.add_argument("--label", default="fedgmi", help="name of the FedGMI variant (its logs' prefix)")
     parser.add_argument("--restarts", type=int, default=1, help="training starts per row (means are printed)")
@@ -74,7 +77,7 @@ def main() -> None:
         config = FAMILIES[family]
         oracle, fedgmi, fedgmi_logs = [], [], []
         for start in training_seeds(seed, args.restarts):
-            base = [f"seed={seed}"] + ([f"training_seed={start}"] if start >= 0 else [])
+            base = [f"seed={seed}"] + ([f"training_seed={start}"] if start >= 0 else []) + args.shared_set
             suffix = "" if start < 0 else f"-start{start}"  # the first start keeps the old log names
             oracle.append(run(config, base + ["algorithm.name=oracle"],
                               folder / f"oracle-{family}-seed{seed}{suffix}.h5", args.ranks, args.serial))

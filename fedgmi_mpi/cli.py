@@ -171,8 +171,9 @@ def infer(log_path: str, data: str, out: str | None, clients: str | None, level:
     model = read_model(log_path)
     arrays = _clients_samples(model, data)
     ids = parse_clients(clients, np.unique(arrays["client"]) if "client" in arrays else np.zeros(1, dtype=np.int64))
-    results = infer_clients(model, arrays, ids, level=level, prior=prior, draws=draws, seed=seed,
-                            device=_torch_device(device))
+    device = _torch_device(device)
+    _note_other_device(model, device)
+    results = infer_clients(model, arrays, ids, level=level, prior=prior, draws=draws, seed=seed, device=device)
     scores = score(results, model.matching)
     click.echo(inference_output.format_table(model, results, scores, level))
     if target is not None:
@@ -193,7 +194,9 @@ def combine(logs: tuple[str, ...], data: str | None, out: str | None, device: st
 
     target = None if out is None else combine_mod.check_target(out)  # refused before minutes of E-steps
     arrays = None if data is None else _clients_samples(read_model(logs[0]), data)
-    combined = combine_mod.combine(list(logs), arrays, device=_torch_device(device))
+    device = _torch_device(device)
+    _note_other_device(read_model(logs[0]), device)
+    combined = combine_mod.combine(list(logs), arrays, device=device)
     click.echo(combine_mod.format_text(combined))
     if target is not None:
         click.echo(f"wrote {combine_mod.write(combined, target)}")
@@ -230,6 +233,15 @@ def _clients_samples(model: SavedModel, data: str) -> dict[str, np.ndarray]:
     true_components = int(model.config.get("scenario", {}).get("num_components", model.num_components))
     return read_arrays(data, required=("x",), num_components=true_components,
                        unit_range=model.description.get("likelihood", "bernoulli") != "gaussian")
+
+
+def _note_other_device(model, device: str) -> None:
+    """A GPU run's E-steps redone on the CPU (or the reverse) draw other noise and round
+    differently: fine for new clients, but not the run's own figures to the bit. Say so."""
+    run_type = model.device_type
+    if run_type is not None and run_type != device.split(":")[0]:
+        click.echo(f"note: the run computed its clients on {run_type}; --device {device} gives other noise and "
+                   f"rounding than its log (--device {run_type} reproduces its evaluation to the bit)", err=True)
 
 
 def _torch_device(name: str) -> str:

@@ -149,6 +149,25 @@ def test_infer_reproduces_the_runs_unseen_clients_bitwise(logs, tmp_path):
     assert json.loads(as_json.read_text())["clients"][0]["client"] == 9
 
 
+def test_infer_says_when_it_runs_on_another_device_than_the_run(logs, tmp_path):
+    with h5py.File(logs["fedgmi"]) as f:
+        run_device = json.loads(f.attrs["summary"])["rank_device"][-1]
+    assert run_device == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    same = run_cli(["infer", "--log", str(logs["fedgmi"]), "--data", str(logs["data"]), "--clients", "9",
+                    "--device", run_device.split(":")[0]])
+    assert same.returncode == 0 and "note:" not in same.stderr, same.stderr
+    other = tmp_path / "other-device.h5"
+    shutil.copy(logs["fedgmi"], other)
+    with h5py.File(other, "r+") as f:  # as if its clients had been computed on the other device type
+        summary = json.loads(f.attrs["summary"])
+        summary["rank_device"] = ["cpu"] if run_device.startswith("cuda") else ["cuda:0"]
+        f.attrs["summary"] = json.dumps(summary)
+    done = run_cli(["infer", "--log", str(other), "--data", str(logs["data"]), "--clients", "9"]
+                   + (["--device", "cuda"] if run_device.startswith("cuda") else []))
+    assert done.returncode == 0, done.stderr
+    assert "note: the run computed its clients on" in done.stderr and "reproduces its evaluation" in done.stderr
+
+
 def test_infer_bad_input_exits_2_and_writes_nothing(logs, tmp_path):
     data, log = str(logs["data"]), str(logs["fedgmi"])
     existing = tmp_path / "exists.npz"

@@ -10,6 +10,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, mpiexec, run_cli, run_mpi, small_args
 
@@ -29,6 +30,10 @@ def test_three_ranks_write_a_complete_standard_log(tmp_path):
         for key in ("config", "seed", "versions", "mpi_library", "world_size", "git_commit", "summary"):
             assert key in f.attrs, key
         assert f.attrs["world_size"] == 3 and "MPICH" in f.attrs["mpi_library"]
+        # which device made the numbers (CPU and GPU round differently): the server is on the CPU
+        devices = json.loads(f.attrs["summary"])["rank_device"]
+        worker = "cuda:0" if torch.cuda.is_available() else "cpu"
+        assert devices == ["cpu", worker, worker], devices
         assert f["status"][0] == 1
         clients, k = 10, 4
         n_rounds = f["rounds/wall_time"].shape[0]

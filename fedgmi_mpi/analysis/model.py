@@ -29,6 +29,16 @@ class SavedModel:
     max_train: int  # the run's canonical padded sample counts (the largest client's)
     max_test: int
     matching: np.ndarray | None  # the run's final matching: learned component matched to true component t
+    devices: tuple[str, ...] = ()  # the device of each rank (rank 0 first), from a finished log's summary
+
+    @property
+    def device_type(self) -> str | None:
+        """``cuda`` or ``cpu``: where the run's clients were computed (None: not recorded, e.g. an
+        unfinished or older log). The server rank of an MPI run is always on the CPU."""
+        workers = self.devices[1:] if len(self.devices) > 1 else self.devices
+        if not workers:
+            return None
+        return "cuda" if any(device.startswith("cuda") for device in workers) else "cpu"
 
     @property
     def kind(self) -> str:
@@ -107,7 +117,8 @@ def read_model(path: str | Path) -> SavedModel:
             same = np.flatnonzero(rounds[: len(rows)] == round_index)
             if len(same) and rows[same[-1]].min() >= 0:
                 matching = rows[same[-1]].astype(np.int64)
+        devices = tuple(json.loads(file.attrs.get("summary", "{}")).get("rank_device", ()))
     if not np.all(np.isfinite(parameters)):
         raise UserError(f"{resolved}: the saved model has non-finite parameters")
     return SavedModel(resolved, description, parameters, control, round_index, train_round, config, seed, max_train, max_test,
-                      matching)
+                      matching, devices)

@@ -155,4 +155,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  CPU busy per rank (rank 0 = server) {shares}")
     if "rank_peak_mb" in summary:
         lines.append(f"  peak memory per rank (MiB)          {', '.join(f'{m:.0f}' for m in summary['rank_peak_mb'])}")
+    if any(device != "cpu" for device in summary.get("rank_device", [])):
+        lines.append(f"  device per rank                     {', '.join(summary['rank_device'])}")
+        lines.append(f"  peak GPU memory per rank (MiB)      "
+                     f"{', '.join(f'{m:.0f}' for m in summary['rank_gpu_peak_mb'])}")
     return "\n".join(lines)

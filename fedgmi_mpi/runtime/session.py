@@ -79,13 +79,18 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _gather_usage(comm, size: int, wall: float, cpu: float) -> np.ndarray:
-    """[ranks, 3] wall and CPU seconds of the round loop and peak memory (MiB) of each rank (on
-    rank 0; what waiting costs, what holding the clients costs)."""
-    mine = np.array([wall, cpu, _peak_memory_mb()], dtype=np.float64)
+def _gather_usage(comm, size: int, wall: float, cpu: float, device: torch.device) -> np.ndarray:
+    """[ranks, 5] per rank: wall and CPU seconds of the round loop, peak memory (MiB), the CUDA
+    device index it computed on (-1: the CPU) and that device's peak allocated memory (MiB), on
+    rank 0: what waiting costs, what holding the clients costs, and which device made the numbers
+    (CPU and GPU round differently, so reproducing a log to the bit needs its device type)."""
+    on_cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if on_cuda else -1
+    gpu_peak = torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else 0.0
+    mine = np.array([wall, cpu, _peak_memory_mb(), index, gpu_peak], dtype=np.float64)
     if size == 1:
         return mine[None]
-    everyone = np.zeros((size, 3)) if comm.Get_rank() == 0 else None
+    everyone = np.zeros((size, mine.size)) if comm.Get_rank() == 0 else None
     comm.Gather(mine, everyone, root=0)
     return everyone
 
@@ -319,10 +324,12 @@ def _run(config_file: str | None, overrides: tuple[str, ...], out: Path, overwri
         if isinstance(exc, UserError):  # after setup a user error on one rank cannot be agreed on: abort
             raise RuntimeError(str(exc)) from exc
         raise
-    usage = _gather_usage(comm, size, time.perf_counter() - wall_start, _cpu_seconds() - cpu_start)
+    usage = _gather_usage(comm, size, time.perf_counter() - wall_start, _cpu_seconds() - cpu_start, device)
     if rank == 0:
         summary = observer.closing_summary()
         summary["rank_wall_s"], summary["rank_cpu_s"], summary["rank_peak_mb"] = usage[:, 0], usage[:, 1], usage[:, 2]
+        summary["rank_device"] = ["cpu" if index < 0 else f"cuda:{index:.0f}" for index in usage[:, 3]]
+        summary["rank_gpu_peak_mb"] = usage[:, 4]
         final_attrs = {"summary": json_dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
                                                for k, v in summary.items()}), "finished": _now()}
         path = log.finish(final_attrs)
