@@ -193,9 +193,10 @@ def combine(logs: tuple[str, ...], data: str | None, out: str | None, device: st
     from .analysis.model import read_model
 
     target = None if out is None else combine_mod.check_target(out)  # refused before minutes of E-steps
-    arrays = None if data is None else _clients_samples(read_model(logs[0]), data)
+    first = read_model(logs[0])
+    arrays = None if data is None else _clients_samples(first, data)
     device = _torch_device(device)
-    _note_other_device(read_model(logs[0]), device)
+    _note_other_device(first, device)
     combined = combine_mod.combine(list(logs), arrays, device=device)
     click.echo(combine_mod.format_text(combined))
     if target is not None:
