@@ -34,11 +34,10 @@ class SavedModel:
     @property
     def device_type(self) -> str | None:
         """``cuda`` or ``cpu``: where the run's clients were computed (None: not recorded, e.g. an
-        unfinished or older log). The server rank of an MPI run is always on the CPU."""
-        workers = self.devices[1:] if len(self.devices) > 1 else self.devices
-        if not workers:
+        unfinished or older log). An MPI run's server rank is on the CPU whatever its workers use."""
+        if not self.devices:
             return None
-        return "cuda" if any(device.startswith("cuda") for device in workers) else "cpu"
+        return "cuda" if any(device.startswith("cuda") for device in self.devices) else "cpu"
 
     @property
     def kind(self) -> str:
