@@ -3,7 +3,7 @@
   python benchmarks/oracle_gap.py [--folder runs/oracle-gap] [--ranks 3] [--seeds 0 1 2 3]
                                   [--families default flips label_groups synthetic idx]
                                   [--set key=value ...] [--fedgmi-set key=value ...] [--label NAME]
-                                  [--serial]
+                                  [--serial] [--parallel N]
 
 For every seed on the default scenario and for each shipped scenario family (seed 0), runs the
 oracle (FedGMI's model and rounds, trained on the true components) and FedGMI with the same
@@ -15,6 +15,9 @@ algorithm.mstep_prior_power=2 --fedgmi-set algorithm.mstep_tempering=1 --label p
 row, FedGMI's and the oracle's final matched proportion MAE and assignment accuracy, the MAE
 ratio (target <= 1.2 on the default scenario, <= 1.5 on a family), the assignment gap in points
 (target <= 1 on the default scenario), and FedGMI's wall time against the oracle's.
+
+``--parallel N`` runs N of the missing logs at a time before the table is printed (with
+--serial, about one per core; on a GPU, ``--set runtime.device=cuda`` and several per GPU).
 
 ``--restarts R`` trains each row R times on the same data (``training_seed`` -1, i.e. the seed
 itself, then 100*seed+1 .. 100*seed+R-1), oracle and FedGMI alike, and prints the means over
@@ -30,6 +33,7 @@ import argparse
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -65,6 +69,8 @@ def main() -> None:
     parser.add_argument("--fedgmi-set", action="append", default=[], help="config override for FedGMI only")
     parser.add_argument("--label", default="fedgmi", help="name of the FedGMI variant (its logs' prefix)")
     parser.add_argument("--restarts", type=int, default=1, help="training starts per row (means are printed)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="runs at a time (e.g. one per core with --serial, or several on one GPU)")
     args = parser.parse_args()
     folder = REPO / args.folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,16 +79,15 @@ def main() -> None:
     print("| scenario | seed | starts | FedGMI MAE | oracle MAE | ratio | FedGMI assignment | oracle assignment "
           "| gap (points) | FedGMI wall s | oracle wall s |" + combined_header)
     print("|---|---|---|---|---|---|---|---|---|---|---|" + "---|---|---|" * (args.restarts > 1))
-    for family, seed in rows:
-        config = FAMILIES[family]
-        oracle, fedgmi, fedgmi_logs = [], [], []
-        for start in training_seeds(seed, args.restarts):
-            base = [f"seed={seed}"] + ([f"training_seed={start}"] if start >= 0 else []) + args.shared_set
-            suffix = "" if start < 0 else f"-start{start}"  # the first start keeps the old log names
-            oracle.append(run(config, base + ["algorithm.name=oracle"],
-                              folder / f"oracle-{family}-seed{seed}{suffix}.h5", args.ranks, args.serial))
-            fedgmi_logs.append(folder / f"{args.label}-{family}-seed{seed}{suffix}.h5")
-            fedgmi.append(run(config, base + args.fedgmi_set, fedgmi_logs[-1], args.ranks, args.serial))
+    cells = {row: row_runs(*row, args, folder) for row in rows}
+    pending = [job for jobs in cells.values() for pair in jobs for job in pair if not job[2].exists()]
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        # a failed run raises here, after the others have finished
+        list(pool.map(lambda job: run(*job, args.ranks, args.serial), pending))
+    for (family, seed), jobs in cells.items():
+        oracle = [run(*job, args.ranks, args.serial) for job, _ in jobs]
+        fedgmi = [run(*job, args.ranks, args.serial) for _, job in jobs]
+        fedgmi_logs = [job[2] for _, job in jobs]
         oracle_mae, fedgmi_mae = mean(oracle, "proportion_mae"), mean(fedgmi, "proportion_mae")
         # an oracle that is exact (idx: transforms that never look alike) leaves no finite ratio
         ratio = f"{fedgmi_mae / oracle_mae:.2f}" if oracle_mae > 1e-6 else "n/a (oracle exact)"
@@ -91,6 +96,21 @@ def main() -> None:
               f"| {ratio} | {cell(fedgmi, 'assignment_accuracy')} | {cell(oracle, 'assignment_accuracy')} | {gap:+.1f} "
               f"| {mean(fedgmi, 'wall_time_s'):.0f} | {mean(oracle, 'wall_time_s'):.0f} |"
               + (combined_cells(fedgmi_logs, oracle) if args.restarts > 1 else ""), flush=True)
+
+
+Job = tuple[str | None, list[str], Path]
+
+
+def row_runs(family: str, seed: int, args: argparse.Namespace, folder: Path) -> list[tuple[Job, Job]]:
+    """(oracle, FedGMI) runs of one table row, one pair per training start."""
+    config = FAMILIES[family]
+    pairs = []
+    for start in training_seeds(seed, args.restarts):
+        base = [f"seed={seed}"] + ([f"training_seed={start}"] if start >= 0 else []) + args.shared_set
+        suffix = "" if start < 0 else f"-start{start}"  # the first start keeps the old log names
+        pairs.append(((config, base + ["algorithm.name=oracle"], folder / f"oracle-{family}-seed{seed}{suffix}.h5"),
+                      (config, base + args.fedgmi_set, folder / f"{args.label}-{family}-seed{seed}{suffix}.h5")))
+    return pairs
 
 
 def combined_cells(logs: list[Path], oracle: list[dict]) -> str:
