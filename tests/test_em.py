@@ -1,4 +1,6 @@
 """EM math on tiny cases with known densities, and the group-invariance the simulator relies on."""
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -95,7 +97,8 @@ def test_padding_is_ignored_and_each_client_stops_on_its_own():
         assert torch.allclose(resp[g, :n], alone_resp[0], atol=1e-12)
 
 
-def test_the_local_m_step_of_a_client_does_not_depend_on_its_group():
+@pytest.mark.parametrize("samples", [1, 4])
+def test_the_local_m_step_of_a_client_does_not_depend_on_its_group(samples):
     shape = vae.VAEShape(num_components=3, input_dim=16, num_classes=4, hidden=24, latent=3)
     layout = vae.ParamLayout(shape)
     start = vae.init_matrix(shape, torch.Generator().manual_seed(0))
@@ -108,7 +111,9 @@ def test_the_local_m_step_of_a_client_does_not_depend_on_its_group():
 
     def train(ids):
         generators = [torch.Generator().manual_seed(100 + i) for i in ids]
-        return em.local_m_step(layout, start, x[ids], y[ids], counts[ids], weights[ids], 2, 8, 3e-3, 1.0, generators)
+        objective = vae.elbo if samples == 1 else partial(vae.iw_bound_of, vae.encode, vae.decode)
+        return em.local_m_step(layout, start, x[ids], y[ids], counts[ids], weights[ids], 2, 8, 3e-3, 1.0, generators,
+                               elbo_fn=objective, samples=samples)
 
     together = train([0, 1, 2, 3])
     for g in range(4):

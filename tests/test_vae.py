@@ -52,3 +52,18 @@ def test_a_client_computes_the_same_alone_or_in_a_group():
     for g in range(5):
         alone, alone_logits = vae.iw_log_likelihood(layout.unflatten(matrix[None]), x[g:g + 1], noise[g:g + 1])
         assert torch.equal(alone[0], together[g]) and torch.equal(alone_logits[0], logits[g])
+
+
+def test_the_differentiable_importance_weighted_bound_is_the_e_steps_and_trains_every_tensor():
+    layout, matrix, _ = _model()
+    x = torch.rand(1, 20, 16, generator=torch.Generator().manual_seed(3))
+    noise = _noise(torch.Generator().manual_seed(4), 1, 5, 3, 20, 3)
+    leaf = matrix.clone().requires_grad_(True)
+    params = layout.unflatten(leaf.unsqueeze(0))
+    bound, logits = vae.iw_bound_of(vae.encode, vae.decode, params, x, noise)
+    expected, expected_logits = vae.iw_log_likelihood(params, x, noise, chunk=2)  # chunked, no gradient
+    assert torch.allclose(bound, expected, atol=1e-5) and torch.equal(logits.detach(), expected_logits)
+    (grad,) = torch.autograd.grad(bound.sum(), leaf)
+    assert torch.isfinite(grad).all()
+    untouched = [name for name, g in layout.unflatten(grad.unsqueeze(0)).items() if not g.abs().sum() > 0]
+    assert untouched == ["cls_w", "cls_b"]  # the bound trains encoder and decoder; the head has its own loss

@@ -212,6 +212,7 @@ def local_m_step(
     label_weight: float,
     generators: list[torch.Generator],
     elbo_fn: Callable[[vae.Params, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = vae.elbo,
+    samples: int = 1,
 ) -> torch.Tensor:
     """FedGMI's M-step: each client trains its own copy of every component on its
     responsibility-weighted loss; returns the trained parameters [G, K, P].
@@ -221,14 +222,19 @@ def local_m_step(
     sum_i w_gik (-ELBO_gik + label_weight * CE_gik) / sum_i w_gik, so each component takes steps of
     the same size whatever its local mass; the server's mass-weighted average decides how much each
     client's update counts. ``elbo_fn``: the model's ELBO (models.DensityModel.elbo; default the MLP's),
-    ``layout`` its layout.
+    ``layout`` its layout; with ``samples`` > 1, its importance-weighted bound (DensityModel.iw_bound)
+    on that many samples takes the ELBO's place.
     """
     k, z = layout.num_components, layout.shape.latent
     rows = torch.arange(len(generators), device=x.device)[:, None]
 
     def loss(matrix: torch.Tensor, index: torch.Tensor, batch_mask: torch.Tensor) -> torch.Tensor:
         sizes = batch_mask.sum(1).tolist()
-        noise = stacked_normal(generators, [(k, s, z) for s in sizes], (k, index.shape[1], z), axis=1)
+        if samples == 1:
+            noise = stacked_normal(generators, [(k, s, z) for s in sizes], (k, index.shape[1], z), axis=1)
+        else:  # the importance-weighted bound's noise [G, S, K, B, Z]
+            noise = stacked_normal(generators, [(samples, k, s, z) for s in sizes], (samples, k, index.shape[1], z),
+                                   axis=2)
         elbo, logits = elbo_fn(layout.unflatten(matrix), x[rows, index], noise)
         labels = y[rows, index].unsqueeze(1).expand(-1, k, -1)
         nll_y = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),

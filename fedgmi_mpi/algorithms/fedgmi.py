@@ -20,6 +20,7 @@ Clients with ``seen=False`` never upload anything: they only run E-steps on the 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -307,6 +308,11 @@ class FedGMI(GroupAlgorithmBase):
     def _generators(self, clients: list[ClientData], purpose: int, round_index: int) -> list[torch.Generator]:
         return client_generators(self.seed, clients, purpose, round_index, self.device)
 
+    def _mstep_objective(self) -> Callable:
+        """The bound each component's M-step maximises: the one-sample ELBO, or with
+        ``mstep_samples`` > 1 the importance-weighted bound (a tighter density model)."""
+        return self.model.elbo if self.cfg.mstep_samples == 1 else self.model.iw_bound
+
     def _noise(self, generators: list[torch.Generator], samples: int, counts: list[int], padded: int) -> torch.Tensor:
         k, z = self.num_components, self.shape.latent
         return em.stacked_normal(generators, [(samples, k, n, z) for n in counts], (samples, k, padded, z), axis=2)
@@ -388,7 +394,7 @@ class FedGMI(GroupAlgorithmBase):
         with self.model.training_numerics():
             trained = em.local_m_step(self.layout, start, batch.x, batch.y, batch.counts, weights,
                                       self.cfg.local_epochs, self.cfg.batch_size, self.cfg.lr, self.cfg.label_weight,
-                                      generators, elbo_fn=self.model.elbo)
+                                      generators, elbo_fn=self._mstep_objective(), samples=self.cfg.mstep_samples)
         delta = (trained - start).cpu().numpy()
         mass = em.ordered_sum(weights, 1).double().cpu().numpy()
         return [ClientUpload(delta=delta[g], weights=mass[g], statistics=np.zeros(0), metrics=metrics[g])

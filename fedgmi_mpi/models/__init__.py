@@ -75,6 +75,12 @@ class DensityModel:
         """Importance-weighted log p_k(x) [G, K, B] (noise [G, S, K, B, Z]) and class logits [G, K, B, C]."""
         return self.network.iw_log_likelihood(params, x, noise, chunk or self.chunk)
 
+    def iw_bound(self, params: Params, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The importance-weighted bound [G, K, B] (noise [G, S, K, B, Z]) with gradients: the
+        M-step's objective when ``algorithm.mstep_samples`` > 1. Also the class logits."""
+        network = self.network
+        return vae.iw_bound_of(network.encode, network.decode, params, x, noise)
+
     def training_numerics(self) -> ContextManager:
         """The context a group's training (forward and backward) runs in. The conv VAE turns
         oneDNN off: its threaded convolution kernels split the work by the size of the whole

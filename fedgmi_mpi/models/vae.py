@@ -211,11 +211,19 @@ def iw_log_likelihood(params: Params, x: torch.Tensor, noise: torch.Tensor,
 def iw_log_likelihood_of(encoder: Encoder, decoder: Decoder, params: Params, x: torch.Tensor, noise: torch.Tensor,
                          chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """``iw_log_likelihood`` for any encoder and decoder with this module's shapes."""
+    return iw_bound_of(encoder, decoder, params, x, noise, chunk)
+
+
+def iw_bound_of(encoder: Encoder, decoder: Decoder, params: Params, x: torch.Tensor, noise: torch.Tensor,
+                chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The importance-weighted bound [G, K, B] with noise [G, S, K, B, Z], differentiable (the
+    M-step's objective with ``algorithm.mstep_samples`` > 1), and the class logits."""
     mu, logvar, h = encoder(params, x)
     std = torch.exp(0.5 * logvar)
     log_weights = []
-    for start in range(0, noise.shape[1], chunk):
-        eps = noise[:, start:start + chunk]
+    step = chunk or noise.shape[1]
+    for start in range(0, noise.shape[1], step):
+        eps = noise[:, start:start + step]
         z = mu.unsqueeze(1) + eps * std.unsqueeze(1)  # [G, s, K, B, Z]
         log_px = log_likelihood(params, x, decoder(params, z))
         log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
