@@ -78,8 +78,7 @@ class DensityModel:
     def iw_bound(self, params: Params, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The importance-weighted bound [G, K, B] (noise [G, S, K, B, Z]) with gradients: the
         M-step's objective when ``algorithm.mstep_samples`` > 1. Also the class logits."""
-        network = self.network
-        return vae.iw_bound_of(network.encode, network.decode, params, x, noise)
+        return vae.iw_bound_of(self.network.encode, self.network.decode, params, x, noise)
 
     def training_numerics(self) -> ContextManager:
         """The context a group's training (forward and backward) runs in. The conv VAE turns
