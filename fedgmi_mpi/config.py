@@ -89,6 +89,10 @@ class AlgorithmConfig:
     mstep_tempering: float = 0.5
     mstep_tempering_rounds: int = 60
     mstep_prior_power: float = 1.0
+    # The server moves component k by the mean of the clients' updates weighted by sum_i w_ik^power:
+    # above 1, clients that hold the component confidently count more than clients holding blends of
+    # it and its twin (docs/algorithm.md, "The server's weights"); 1 weights by responsibility mass.
+    aggregation_power: float = 4.0
     init: str = "topics"  # "topics" (codebook + federated topic model) or "random"
     codebook_size: int = 64
     codebook_lloyd_iterations: int = 6
@@ -328,6 +332,7 @@ def validate(config: Config) -> None:
              "algorithm.*_samples must be >= 1")
     _require(a.proportion_iterations >= 1, "algorithm.proportion_iterations must be >= 1")
     _require(0 < a.mstep_tempering <= 1, "algorithm.mstep_tempering must be in (0, 1]")
+    _require(1 <= a.aggregation_power <= 16, "algorithm.aggregation_power must be in [1, 16]")
     _require(0 <= a.mstep_prior_power <= 16, "algorithm.mstep_prior_power must be in [0, 16]")
     _require(a.mstep_tempering_rounds >= -1, "algorithm.mstep_tempering_rounds must be >= 0, or -1 (every E-step round)")
     _require(a.init in ("topics", "random"), f"algorithm.init must be topics or random, got {a.init!r}")

@@ -217,6 +217,8 @@ CASES = [
     ("negative round timeout", _set("runtime.round_timeout_s=-1"), "runtime.round_timeout_s must be >= 0"),
     ("M-step prior power out of range", _set("algorithm.mstep_prior_power=-1"),
      "algorithm.mstep_prior_power must be in [0, 16]"),
+    ("aggregation power below 1", _set("algorithm.aggregation_power=0.5"),
+     "algorithm.aggregation_power must be in [1, 16]"),
     ("training seed below -1", _set("training_seed=-2"), "training_seed must be >= 0, or -1 for the same as seed"),
     ("missing output folder", lambda d: ["run", *small_args(), "--out", str(d / "no" / "out.h5")], "does not exist"),
     ("analysis of a file that is not ours", _not_our_log, "is not a fedgmi run log"),

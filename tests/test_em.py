@@ -39,6 +39,20 @@ def test_mstep_weights_share_ambiguous_samples_by_the_powered_proportions():
     assert torch.allclose(tempered[0, 0], plain[0, 0])  # a tie stays at pi under tempering
 
 
+def test_aggregation_mass_favours_clients_that_hold_a_component_confidently():
+    """Two clients hold the same responsibility mass of component 0: one as two sure samples, the
+    other as four half-shares with its twin. At power 1 they pull component 0 alike; at power 2
+    the sure one counts twice as much; hard (0/1) weights, the oracle's, give the same mass at any power."""
+    sure = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    halves = torch.full((4, 2), 0.5, dtype=torch.float64)
+    weights = torch.stack([sure, halves])  # [G=2, N=4, K=2]
+    assert torch.equal(em.aggregation_mass(weights), torch.full((2, 2), 2.0, dtype=torch.float64))
+    squared = em.aggregation_mass(weights, 2.0)
+    assert torch.equal(squared[0], torch.tensor([2.0, 2.0], dtype=torch.float64))
+    assert torch.equal(squared[1], torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert torch.equal(em.aggregation_mass(sure[None], 4.0), em.aggregation_mass(sure[None]))
+
+
 def test_proportions_are_counts_when_components_do_not_overlap():
     # Each sample has positive density under exactly one component: the MLE is the count fraction.
     owner = torch.tensor([0, 0, 1, 2, 2, 2, 2, 1])

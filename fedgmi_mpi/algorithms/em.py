@@ -61,6 +61,15 @@ def mstep_weights(log_likelihood: torch.Tensor, proportions: torch.Tensor, tempe
     return responsibilities(tempering * log_likelihood, prior)
 
 
+def aggregation_mass(weights: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """How much a client's update of component k counts on the server: sum_i w_ik^power [G, K] from
+    the M-step's weights [G, N, K] (padding rows zero). With power 1 it is the responsibility mass;
+    above 1 a client whose samples the component holds confidently outweighs one that holds the same
+    mass as many half-shares, so the components are pulled by the clients that train them on pure
+    data rather than on blends of their twins. Hard (0/1) weights give the same mass at any power."""
+    return ordered_sum(weights if power == 1 else weights ** power, 1)
+
+
 def fit_proportions(
     log_likelihood: torch.Tensor, mask: torch.Tensor, proportions: torch.Tensor, iterations: int, tol: float = 1e-7
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,9 +8,9 @@ Phases, each a sequence of communication rounds:
    (Cost: about 40 + 300 rounds of a few KB each; the histograms never leave the clients.)
 3. ``train`` - the EM rounds. Client: E-step r_ik ∝ pi_ck p_k(x_i) [p_k(y_i|x_i)] with
    importance-weighted likelihoods, pi_c fitted by EM with the likelihoods fixed, then a local
-   M-step on the responsibility-weighted ELBO + classifier loss from the global parameters; it
-   uploads per-component parameter deltas weighted by its responsibility mass. Server: each
-   component moves by the mass-weighted mean of the deltas. The first ``warmup_rounds`` train on
+   M-step on the responsibility-weighted bound + classifier loss from the global parameters; it
+   uploads per-component parameter deltas weighted by sum_i w_ik^aggregation_power (its
+   responsibility mass at power 1). Server: each component moves by the weighted mean of the deltas. The first ``warmup_rounds`` train on
    the initial responsibilities instead of an E-step, so the VAEs learn the topic split before
    their (at first meaningless) likelihoods drive the E-step.
 4. ``evaluate`` - inference only: importance-weighted likelihoods, proportions by E-steps alone
@@ -175,7 +175,9 @@ class FedGMI(GroupAlgorithmBase):
             r, k, m = topic_words.shape
             return UploadLayout(0, 0, r * k * m + r)
         if broadcast.phase == "train":
-            return UploadLayout(self.num_components, self.layout.per_component, 0)
+            # with aggregation_power != 1 the responsibility mass travels beside the aggregation weights
+            plain_mass = self.num_components if self.cfg.aggregation_power != 1 else 0
+            return UploadLayout(self.num_components, self.layout.per_component, plain_mass)
         k = self.num_components
         return UploadLayout(0, 0, k + k * k + 1)  # evaluation: sums of pi_c, pi_c pi_c^T and clients
 
@@ -210,11 +212,12 @@ class FedGMI(GroupAlgorithmBase):
                 state.phase = "train"
             return Aggregated(state, {"topic_log_likelihood": loglik})
         if broadcast.phase == "train":
-            mass = summed.weights
-            has_mass = mass > 0
+            weight = summed.weights  # sum over clients of em.aggregation_mass
+            has_weight = weight > 0
             update = np.zeros_like(summed.weighted_delta)
-            update[has_mass] = summed.weighted_delta[has_mass] / mass[has_mass, None]
+            update[has_weight] = summed.weighted_delta[has_weight] / weight[has_weight, None]
             state.params = (state.params.astype(np.float64) + update).astype(np.float32)
+            mass = summed.statistics if len(summed.statistics) else weight
             events = self._check_collapse(state, mass)
             state.train_round += 1
             metrics = {"responsibility_mass": mass, "warmup": np.array(float(state.train_round <= self.warmup_rounds))}
@@ -396,8 +399,10 @@ class FedGMI(GroupAlgorithmBase):
                                       self.cfg.local_epochs, self.cfg.batch_size, self.cfg.lr, self.cfg.label_weight,
                                       generators, elbo_fn=self._mstep_objective(), samples=self.cfg.mstep_samples)
         delta = (trained - start).cpu().numpy()
-        mass = em.ordered_sum(weights, 1).double().cpu().numpy()
-        return [ClientUpload(delta=delta[g], weights=mass[g], statistics=np.zeros(0), metrics=metrics[g])
+        power = self.cfg.aggregation_power
+        aggregation = em.aggregation_mass(weights, power).double().cpu().numpy()
+        plain_mass = em.ordered_sum(weights, 1).double().cpu().numpy() if power != 1 else np.zeros((len(clients), 0))
+        return [ClientUpload(delta=delta[g], weights=aggregation[g], statistics=plain_mass[g], metrics=metrics[g])
                 if client.seen else no_upload(metrics[g]) for g, client in enumerate(clients)]
 
     def _evaluate_group(self, broadcast: Broadcast, clients: list[ClientData]) -> list[ClientUpload]:
