@@ -117,8 +117,9 @@ def test_a_compressed_run_keeps_every_cap_and_its_broadcasts_shrink(tmp_path):
         bcast = f["rounds/mpi_broadcast_bytes"][()][train]
         assert np.all(bcast == 2 * (f["rounds/bytes_down"][()][train][:, 0] + 40 + 8 * 8))
         assert np.median(dense["rounds/mpi_broadcast_bytes"][()][train]) > 25 * np.median(bcast)
-        # the reduce stays dense: int64 fixed-point sums of the decoded deltas and the weights, per worker
-        assert np.all(f["rounds/mpi_reduce_bytes"][()][train] == 2 * 8 * (parameters + 4))
+        # the reduce stays dense: int64 fixed-point sums of the decoded deltas, the K aggregation
+        # weights and (aggregation_power != 1) the K responsibility masses, per worker
+        assert np.all(f["rounds/mpi_reduce_bytes"][()][train] == 2 * 8 * (parameters + 4 + 4))
         assert np.all(f["rounds/mpi_gather_bytes"][()] > 0)
 
 
