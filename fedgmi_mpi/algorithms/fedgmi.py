@@ -10,9 +10,10 @@ Phases, each a sequence of communication rounds:
    importance-weighted likelihoods, pi_c fitted by EM with the likelihoods fixed, then a local
    M-step on the responsibility-weighted bound + classifier loss from the global parameters; it
    uploads per-component parameter deltas weighted by sum_i w_ik^aggregation_power (its
-   responsibility mass at power 1). Server: each component moves by the weighted mean of the deltas. The first ``warmup_rounds`` train on
-   the initial responsibilities instead of an E-step, so the VAEs learn the topic split before
-   their (at first meaningless) likelihoods drive the E-step.
+   responsibility mass at power 1). Server: each component moves by the weighted mean of the
+   deltas. The first ``warmup_rounds`` train on the initial responsibilities instead of an
+   E-step, so the VAEs learn the topic split before their (at first meaningless) likelihoods
+   drive the E-step.
 4. ``evaluate`` - inference only: importance-weighted likelihoods, proportions by E-steps alone
    from uniform (what an unseen client does), personalised prediction on test samples.
 
@@ -401,7 +402,7 @@ class FedGMI(GroupAlgorithmBase):
         delta = (trained - start).cpu().numpy()
         power = self.cfg.aggregation_power
         aggregation = em.aggregation_mass(weights, power).double().cpu().numpy()
-        plain_mass = em.ordered_sum(weights, 1).double().cpu().numpy() if power != 1 else np.zeros((len(clients), 0))
+        plain_mass = em.aggregation_mass(weights).double().cpu().numpy() if power != 1 else np.zeros((len(clients), 0))
         return [ClientUpload(delta=delta[g], weights=aggregation[g], statistics=plain_mass[g], metrics=metrics[g])
                 if client.seen else no_upload(metrics[g]) for g, client in enumerate(clients)]
 
