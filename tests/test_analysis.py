@@ -15,6 +15,7 @@ from conftest import MPI_TIMEOUT, REPO, mpiexec, run_cli, small_args
 from fedgmi_mpi.analysis.infer import posterior
 from fedgmi_mpi.analysis.reader import load
 from fedgmi_mpi.analysis.metrics import adjusted_rand_index, proportion_errors
+from fedgmi_mpi.analysis.watch import snapshot as watch_snapshot
 
 
 def _one_line_error(result, fragment):
@@ -232,6 +233,24 @@ def test_watch_follows_a_live_mpi_job(tmp_path):
     assert done_counts == sorted(done_counts) and min(done_counts) < 60 and done_counts[-1] == 60, watched.stdout
     assert "last evaluation" in watched.stdout and "run complete:" in watched.stdout
     assert "proportion MAE vs actual counts" in watched.stdout
+
+
+def test_watch_reads_a_log_caught_mid_round(logs, tmp_path):
+    # SWMR readers refresh dataset by dataset while the writer extends them one after another:
+    # a look mid-round finds some a row longer than others (CI once caught an evaluation's round
+    # without its summary row). The snapshot must stop at the last row that every one holds.
+    live = tmp_path / "live.h5.partial"
+    shutil.copy(logs["fedgmi"], live)
+    with h5py.File(live, "r+") as f:
+        f["status"][0] = 0
+        rounds = len(f["rounds/phase"])
+        evaluations = f["evaluate/round"][()]
+        f["rounds/wall_time"].resize(rounds - 1, axis=0)
+        f["evaluate/summary/proportion_mae"].resize(len(evaluations) - 1, axis=0)
+    assert len(evaluations) >= 2
+    state = watch_snapshot(tmp_path / "live.h5")
+    assert state["rounds"] == rounds - 1 and not state["complete"]
+    assert state["evaluate"]["round"] == int(evaluations[-2])
 
 
 def test_watch_gives_up_on_a_dead_run(logs, tmp_path):

@@ -33,9 +33,12 @@ def snapshot(path: str | Path) -> dict[str, Any]:
 
         status = int(dataset("status")[0])
         phases = json.loads(file["rounds/phase"].attrs["phases"])
-        phase_rows = dataset("rounds/phase")[()]
-        rounds = len(phase_rows)
-        wall = dataset("rounds/wall_time")[()]
+        # The writer extends one dataset after another and a reader refreshes them one at a time,
+        # so a look mid-round can find some a row longer than others: read only the rows every
+        # dataset of a group already holds.
+        per_round = [dataset(f"rounds/{name}") for name in ("phase", "wall_time", "bytes_up", "bytes_down")]
+        rounds = min(len(node) for node in per_round)
+        phase_rows, wall, bytes_up, bytes_down = (node[:rounds] for node in per_round)
         config = json.loads(file.attrs.get("config", "{}"))
         out: dict[str, Any] = {
             "log": str(resolved), "complete": status == 1 and resolved.suffix != ".partial",
@@ -43,17 +46,20 @@ def snapshot(path: str | Path) -> dict[str, Any]:
             "train_rounds": int((phase_rows == phases.index("train")).sum()) if "train" in phases else 0,
             "train_rounds_total": int(config.get("algorithm", {}).get("rounds", 0)),
             "phase": phases[phase_rows[-1]] if rounds else "starting",
-            "elapsed_s": float(wall[:rounds].sum()), "last_round_s": float(wall[rounds - 1]) if rounds else math.nan,
-            "bytes_up": int(dataset("rounds/bytes_up")[:rounds].sum()) if rounds else 0,
-            "bytes_down": int(dataset("rounds/bytes_down")[:rounds].sum()) if rounds else 0,
+            "elapsed_s": float(wall.sum()), "last_round_s": float(wall[-1]) if rounds else math.nan,
+            "bytes_up": int(bytes_up.sum()), "bytes_down": int(bytes_down.sum()),
             "events": len(dataset("events")),
         }
         for phase in ("train", "evaluate"):
-            if f"{phase}/summary/proportion_mae" in file and len(dataset(f"{phase}/round")):
-                row = len(dataset(f"{phase}/round")) - 1
-                scores = {name: float(dataset(f"{phase}/summary/{name}")[row]) for name in
-                          ("proportion_mae", "assignment_accuracy", "accuracy") if f"{phase}/summary/{name}" in file}
-                out[phase] = {"round": int(dataset(f"{phase}/round")[row]), **scores}
+            if f"{phase}/summary/proportion_mae" not in file:
+                continue
+            names = [name for name in ("proportion_mae", "assignment_accuracy", "accuracy")
+                     if f"{phase}/summary/{name}" in file]
+            columns = [dataset(f"{phase}/round")] + [dataset(f"{phase}/summary/{name}") for name in names]
+            row = min(len(node) for node in columns) - 1
+            if row >= 0:
+                scores = {name: float(node[row]) for name, node in zip(names, columns[1:])}
+                out[phase] = {"round": int(columns[0][row]), **scores}
     return out
 
 
