@@ -85,7 +85,7 @@ def _read_arrays(file: h5py.File) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _align_rows(arrays: dict[str, np.ndarray], groups: list[str]) -> None:
+def align_rows(arrays: dict[str, np.ndarray], groups: list[str]) -> None:
     """A run that is writing flushes a round dataset by dataset: a reader may see one more row in
     some than in others. Keep the rows every dataset of a group has."""
     for group in groups:
@@ -367,7 +367,7 @@ def load(path: str | Path) -> Run:
         arrays = _read_arrays(file)
         arrays["_phases"] = json.loads(file["rounds/phase"].attrs["phases"])
         if resolved.suffix == ".partial":
-            _align_rows(arrays, ["rounds", *arrays["_phases"]])
+            align_rows(arrays, ["rounds", *arrays["_phases"]])
         events = [_decode(e) for e in arrays.get("events", [])]
     complete = resolved.suffix != ".partial" and int(arrays["status"][0]) == 1
     config = json.loads(attrs.get("config", "{}"))

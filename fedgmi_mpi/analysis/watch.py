@@ -1,8 +1,8 @@
 """``fedgmi watch LOG.h5``: follow a run while it writes its log (SWMR), until it ends.
 
-Reads only the last rows each time (cheap on a log of thousands of clients) by reopening the file
-under SWMR; when the run ends its ``.partial`` becomes ``LOG.h5`` and the watch prints the run's
-summary (``fedgmi analyze``) and returns."""
+Reads only the rounds' bookkeeping and the summary scores each time, never the clients'
+proportions and likelihoods, by reopening the file under SWMR; when the run ends its
+``.partial`` becomes ``LOG.h5`` and the watch prints the run's summary (``fedgmi analyze``) and returns."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from typing import Any
 
 
 from ..errors import UserError
-from .reader import open_log, resolve
+from .reader import align_rows, open_log, resolve
 from .tables import fmt
 
 
@@ -33,12 +33,16 @@ def snapshot(path: str | Path) -> dict[str, Any]:
 
         status = int(dataset("status")[0])
         phases = json.loads(file["rounds/phase"].attrs["phases"])
-        # The writer extends one dataset after another and a reader refreshes them one at a time,
-        # so a look mid-round can find some a row longer than others: read only the rows every
-        # dataset of a group already holds.
-        per_round = [dataset(f"rounds/{name}") for name in ("phase", "wall_time", "bytes_up", "bytes_down")]
-        rounds = min(len(node) for node in per_round)
-        phase_rows, wall, bytes_up, bytes_down = (node[:rounds] for node in per_round)
+        arrays = {f"rounds/{name}": dataset(f"rounds/{name}")[()]
+                  for name in ("phase", "wall_time", "bytes_up", "bytes_down")}
+        scored = [phase for phase in ("train", "evaluate") if f"{phase}/summary/proportion_mae" in file]
+        for phase in scored:
+            for name in ("round", "summary/proportion_mae", "summary/assignment_accuracy", "summary/accuracy"):
+                if f"{phase}/{name}" in file:
+                    arrays[f"{phase}/{name}"] = dataset(f"{phase}/{name}")[()]
+        align_rows(arrays, ["rounds", *scored])  # a look mid-round may find some datasets a row ahead
+        phase_rows, wall = arrays["rounds/phase"], arrays["rounds/wall_time"]
+        rounds = len(phase_rows)
         config = json.loads(file.attrs.get("config", "{}"))
         out: dict[str, Any] = {
             "log": str(resolved), "complete": status == 1 and resolved.suffix != ".partial",
@@ -47,19 +51,14 @@ def snapshot(path: str | Path) -> dict[str, Any]:
             "train_rounds_total": int(config.get("algorithm", {}).get("rounds", 0)),
             "phase": phases[phase_rows[-1]] if rounds else "starting",
             "elapsed_s": float(wall.sum()), "last_round_s": float(wall[-1]) if rounds else math.nan,
-            "bytes_up": int(bytes_up.sum()), "bytes_down": int(bytes_down.sum()),
+            "bytes_up": int(arrays["rounds/bytes_up"].sum()), "bytes_down": int(arrays["rounds/bytes_down"].sum()),
             "events": len(dataset("events")),
         }
-        for phase in ("train", "evaluate"):
-            if f"{phase}/summary/proportion_mae" not in file:
-                continue
-            names = [name for name in ("proportion_mae", "assignment_accuracy", "accuracy")
-                     if f"{phase}/summary/{name}" in file]
-            columns = [dataset(f"{phase}/round")] + [dataset(f"{phase}/summary/{name}") for name in names]
-            row = min(len(node) for node in columns) - 1
-            if row >= 0:
-                scores = {name: float(node[row]) for name, node in zip(names, columns[1:])}
-                out[phase] = {"round": int(columns[0][row]), **scores}
+        for phase in scored:
+            if len(arrays[f"{phase}/round"]):
+                scores = {name: float(arrays[f"{phase}/summary/{name}"][-1]) for name in
+                          ("proportion_mae", "assignment_accuracy", "accuracy") if f"{phase}/summary/{name}" in arrays}
+                out[phase] = {"round": int(arrays[f"{phase}/round"][-1]), **scores}
     return out
 
 
