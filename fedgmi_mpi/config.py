@@ -246,10 +246,15 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]
     return out
 
 
-def from_mapping(data: dict[str, Any]) -> Config:
-    """A config from its nested mapping, e.g. the JSON a run log keeps in its ``config`` attr."""
-    config = Config()
+def from_mapping(data: dict[str, Any], unknown: list[str] | None = None) -> Config:
+    """A config from its nested mapping, e.g. the JSON a run log keeps in its ``config`` attr.
+    With ``unknown`` (a list), keys this version does not know (an older log's) are put there
+    and left out instead of refused."""
+    config, known = Config(), set(known_keys())
     for key, value in _flatten(data):
+        if unknown is not None and key not in known:
+            unknown.append(key)
+            continue
         apply(config, key, value)
     validate(config)
     return config

@@ -77,6 +77,42 @@ def test_load_reads_a_partial_log_and_baselines(logs, tmp_path):
     assert np.isnan(baseline.final()["proportion_mae"]) and baseline.final()["accuracy"] >= 0
 
 
+def test_heldout_scores_are_logged_recomputed_and_rescored_alike(logs):
+    """The test samples' own E-step: the run's summary, the reader's recomputation from the
+    per-client arrays and a rescoring of the saved model agree; a baseline has none."""
+    from fedgmi_mpi.analysis.rescore import final_evaluation
+
+    with h5py.File(logs["fedgmi"]) as f:
+        logged = {name: float(f[f"evaluate/summary/{name}"][-1])
+                  for name in ("proportion_mae_heldout", "assignment_accuracy_heldout")}
+        confusion = f["evaluate/heldout_confusion"][-1]
+        num_test = f["clients/num_test"][()]
+    assert 0 < logged["proportion_mae_heldout"] < 0.5 and 0.25 < logged["assignment_accuracy_heldout"] <= 1
+    assert (confusion.sum((1, 2)) == num_test).all()  # every test sample assigned once, seen or not
+    final = load(logs["fedgmi"]).final()
+    rescored, left_out = final_evaluation(logs["fedgmi"])
+    assert left_out == []
+    for name, value in logged.items():
+        assert final[name] == pytest.approx(value, abs=1e-12), name
+        assert rescored[name] == pytest.approx(value, abs=1e-12), name
+    assert rescored["proportion_mae"] == pytest.approx(final["proportion_mae"], abs=1e-12)
+    assert np.isnan(load(logs["fedavg"]).final().get("proportion_mae_heldout", np.nan))
+
+
+def test_heldout_scores_take_the_true_shares_from_the_confusion():
+    from fedgmi_mpi.analysis.metrics import heldout_scores
+
+    perm = np.array([1, 0])  # true component t is learned component perm[t]
+    # client 0: 3 test samples of true 0 (2 put on learned 1, its match), 1 of true 1; client 1: none
+    confusion = np.array([[[1.0, 2.0], [1.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    proportions = np.array([[0.5, 0.5], [0.9, 0.1]])
+    scores = heldout_scores(proportions, confusion, perm)
+    # true shares (0.75, 0.25) against the estimate in true order (0.5, 0.5); client 1 does not count
+    assert scores["proportion_mae_heldout"] == pytest.approx(0.25)
+    assert scores["assignment_accuracy_heldout"] == pytest.approx(3 / 4)
+    assert np.isnan(heldout_scores(proportions[1:], confusion[1:], perm)["proportion_mae_heldout"])
+
+
 def test_adjusted_rand_index_against_sklearn():
     from sklearn.metrics import adjusted_rand_score
 

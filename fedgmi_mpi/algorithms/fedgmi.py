@@ -93,7 +93,11 @@ class FedGMI(GroupAlgorithmBase):
             "heldout_mass": (k,),
             "heldout_mixture_log_likelihood": (),
         }
-        evaluate = dict(per_round, mixture_log_likelihood=())
+        # evaluation only: proportions and assignments of the client's test samples by the E-step
+        # alone, from uniform: scored on samples no model trained on (the training samples' scores
+        # also reward a model for having memorised them, and the oracle memorised their truth)
+        evaluate = dict(per_round, mixture_log_likelihood=(), heldout_proportions=(k,),
+                        heldout_confusion=(self.true_components, k))
         if self.log_responsibilities:
             evaluate["responsibilities"] = (self.max_train, k)
         return {"codebook": {}, "topics": {}, "train": dict(per_round), "evaluate": evaluate}
@@ -323,7 +327,8 @@ class FedGMI(GroupAlgorithmBase):
 
     def _metrics(self, clients: list[ClientData], batch: Batch, params: vae.Params, proportions: torch.Tensor,
                  log_likelihood: torch.Tensor, resp: torch.Tensor, test_samples: int,
-                 generators: list[torch.Generator]) -> list[dict[str, np.ndarray]]:
+                 generators: list[torch.Generator], heldout: bool = False) -> list[dict[str, np.ndarray]]:
+        """Per-client metrics; ``heldout`` (evaluation rounds) adds the test samples' own E-step."""
         noise = self._noise(generators, test_samples, batch.test_counts.tolist(), self.max_test)
         test_log_px, test_logits = self.model.iw_log_likelihood(params, batch.x_test, noise)
         test_ll = test_log_px.transpose(1, 2)  # [G, Ntest, K]
@@ -341,15 +346,24 @@ class FedGMI(GroupAlgorithmBase):
         proportions_np = proportions.double().cpu().numpy()
         correct = correct.cpu().numpy()
         k = self.num_components
+        if heldout:
+            uniform = torch.full((len(clients), k), 1.0 / k, device=self.device)
+            test_proportions, test_own_resp = em.fit_proportions(test_ll, batch.test_mask, uniform,
+                                                                 EVAL_PROPORTION_ITERATIONS)
+            test_proportions_np = test_proportions.double().cpu().numpy()
+            test_assigned = test_own_resp.argmax(2).cpu().numpy()
         out = []
         for g, client in enumerate(clients):
-            confusion = np.zeros((self.true_components, k))
-            if client.true_components_train is not None:  # evaluation only: never feeds back into training
-                np.add.at(confusion, (client.true_components_train, assigned[g, : client.num_train]), 1.0)
-            out.append({"proportions": proportions_np[g], "log_likelihood": mean_ll[g],
-                        "accuracy": np.array(correct[g]), "confusion": confusion,
-                        "heldout_log_likelihood": heldout_ll[g], "heldout_mass": heldout_mass[g],
-                        "heldout_mixture_log_likelihood": np.array(heldout_mixture[g])})
+            metrics = {"proportions": proportions_np[g], "log_likelihood": mean_ll[g],
+                       "accuracy": np.array(correct[g]),
+                       "confusion": _confusion(client.true_components_train, assigned[g], self.true_components, k),
+                       "heldout_log_likelihood": heldout_ll[g], "heldout_mass": heldout_mass[g],
+                       "heldout_mixture_log_likelihood": np.array(heldout_mixture[g])}
+            if heldout:
+                metrics["heldout_proportions"] = test_proportions_np[g]
+                metrics["heldout_confusion"] = _confusion(client.true_components_test, test_assigned[g],
+                                                          self.true_components, k)
+            out.append(metrics)
         return out
 
     def _training_responsibilities(self, clients: list[ClientData], states: list[dict[str, np.ndarray]], batch: Batch,
@@ -420,7 +434,7 @@ class FedGMI(GroupAlgorithmBase):
         uniform = torch.full((len(clients), k), 1.0 / k, device=self.device)
         proportions, resp = em.fit_proportions(log_likelihood, batch.mask, uniform, EVAL_PROPORTION_ITERATIONS)
         metrics = self._metrics(clients, batch, params, proportions, log_likelihood, resp, self.cfg.eval_samples,
-                                generators)
+                                generators, heldout=True)
         mixture = em.masked_mean(em.mixture_log_likelihood(log_likelihood, proportions).unsqueeze(2), batch.mask)
         for g, value in enumerate(mixture[:, 0].double().cpu().numpy()):
             metrics[g]["mixture_log_likelihood"] = np.array(value)
@@ -433,6 +447,15 @@ class FedGMI(GroupAlgorithmBase):
         stats = [np.concatenate([p, np.outer(p, p).ravel(), [1.0]]) for p in proportions.double().cpu().numpy()]
         return [ClientUpload(delta=None, weights=np.zeros(0), statistics=stats[g], metrics=m) if client.seen
                 else no_upload(m) for g, (client, m) in enumerate(zip(clients, metrics))]
+
+
+def _confusion(true_components: np.ndarray | None, assigned: np.ndarray, num_true: int, k: int) -> np.ndarray:
+    """[true, learned] counts of hard assignments (zeros without truth); evaluation only: never
+    feeds back into training."""
+    counts = np.zeros((num_true, k))
+    if true_components is not None:
+        np.add.at(counts, (true_components, assigned[: len(true_components)]), 1.0)
+    return counts
 
 
 def moving_together(statistics: np.ndarray, k: int) -> tuple[tuple[tuple[int, ...], ...], np.ndarray]:

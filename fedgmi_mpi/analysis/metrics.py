@@ -97,3 +97,16 @@ def adjusted_rand_index(contingency: np.ndarray) -> float:
     expected = rows * cols / (n * (n - 1) / 2)
     best = (rows + cols) / 2
     return 1.0 if best == expected else float((index - expected) / (best - expected))
+
+
+def heldout_scores(proportions: np.ndarray, confusion: np.ndarray, perm: np.ndarray) -> dict[str, float]:
+    """The held-out E-step's scores from its proportions [C, K] and confusion [C, K true, K] over
+    the clients to score: the true shares of each client's test samples are its confusion's row
+    sums, so a log needs nothing else. Clients without test samples do not count."""
+    counts = confusion.sum(2)
+    scored = counts.sum(1) > 0
+    if not scored.any():
+        return {"proportion_mae_heldout": float("nan"), "assignment_accuracy_heldout": float("nan")}
+    actual = counts[scored] / counts[scored].sum(1, keepdims=True)
+    return {"proportion_mae_heldout": proportion_mae(proportions[scored], actual, perm),
+            "assignment_accuracy_heldout": assignment_accuracy(confusion[scored].sum(0), perm)}

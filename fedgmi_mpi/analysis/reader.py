@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from .metrics import (adjusted_rand_index, aligned, assignment_accuracy, in_true_order, match_components,
+from .metrics import (adjusted_rand_index, aligned, assignment_accuracy, heldout_scores, in_true_order, match_components,
                       proportion_errors, responsibility_agreement)
 
 SCORED_PHASES = ("train", "evaluate")
@@ -231,6 +231,11 @@ def _row_scores(arrays: dict[str, np.ndarray], phase: str, row: int, seen: np.nd
         for suffix, mask in (("", seen & reported), ("_unseen", ~seen & reported)):
             scores = responsibility_agreement(estimated[row][mask], exact[mask], perm) if mask.any() else {}
             out.update({name + suffix: value for name, value in scores.items()})
+    heldout_proportions, heldout_confusion = (arrays.get(f"{phase}/heldout_proportions"),
+                                              arrays.get(f"{phase}/heldout_confusion"))
+    if heldout_proportions is not None and heldout_confusion is not None and perm is not None:
+        mask = seen & reported
+        out.update(heldout_scores(heldout_proportions[row][mask], heldout_confusion[row][mask], perm))
     heldout, mass = arrays.get(f"{phase}/heldout_log_likelihood"), arrays.get(f"{phase}/heldout_mass")
     order = perm if perm is not None else np.arange(k)
     if heldout is not None and mass is not None:

@@ -15,7 +15,8 @@ WORST_CLIENTS = 5
 # (column, label, digits) of the comparison table
 COMPARED = (
     ("proportion_mae", "MAE", 4), ("proportion_mae_unseen", "MAE unseen", 4),
-    ("proportion_mae_dirichlet", "MAE vs Dirichlet", 4), ("assignment_accuracy", "assignment", 4),
+    ("proportion_mae_dirichlet", "MAE vs Dirichlet", 4), ("proportion_mae_heldout", "MAE held out", 4),
+    ("assignment_accuracy", "assignment", 4),
     ("adjusted_rand_index", "ARI", 4), ("accuracy", "accuracy", 4), ("accuracy_p10", "acc. p10", 4),
     ("heldout_mixture_log_likelihood", "held-out LL", 2), ("uplink_mib_per_client", "uplink MiB/client", 2),
     ("wall_time_s", "wall s", 1),
@@ -110,6 +111,9 @@ def format_text(head: dict[str, Any]) -> str:
             continue  # only scenarios with exact densities have them
         digits = 2 if "log_likelihood" in key else 4
         lines.append(f"  {label:34s} {fmt(head.get(key), digits):>8s}  {fmt(head.get(key + '_unseen'), digits):>8s}")
+    if not math.isnan(_number(head.get("proportion_mae_heldout", math.nan))):
+        lines.append(f"  held out (seen clients' test samples, E-step alone): proportion MAE "
+                     f"{fmt(head['proportion_mae_heldout'])}, assignment {fmt(head['assignment_accuracy_heldout'])}")
     heldout = [head.get(f"heldout_log_likelihood_c{t}") for t in range(k)]
     if any(not math.isnan(_number(v)) for v in heldout):
         label = "true component" if head["matching"] is not None else "component"

@@ -141,6 +141,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  proportion MAE vs actual counts   seen {fmt('proportion_mae')}   unseen {fmt('proportion_mae_unseen')}",
         f"  sample-assignment accuracy        seen {fmt('assignment_accuracy')}   unseen {fmt('assignment_accuracy_unseen')}",
         f"  personalised test accuracy        seen {fmt('accuracy')}   unseen {fmt('accuracy_unseen')}",
+        *([f"  held out (seen clients' test samples, E-step alone): proportion MAE "
+           f"{fmt('proportion_mae_heldout')}, assignment {fmt('assignment_accuracy_heldout')}"]
+          if not np.isnan(summary.get("proportion_mae_heldout", np.nan)) else []),
         f"  rounds {summary['rounds']} ({summary['train_rounds']} training)   wall time {summary['wall_time_s']:.1f} s   "
         f"bytes down {summary['bytes_down_total'] / 2**20:.1f} MiB, up {summary['bytes_up_total'] / 2**20:.1f} MiB "
         f"(training rounds {summary['bytes_down_train'] / 2**20:.1f} / {summary['bytes_up_train'] / 2**20:.1f})"

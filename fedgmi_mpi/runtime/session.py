@@ -17,7 +17,7 @@ from .. import __version__, compression, scenarios
 from .. import config as config_mod
 from ..algorithms import build as build_algorithm
 from ..algorithms.components import ComponentSelection, Selection
-from ..analysis.summary import EXACT_FIELDS, SUMMARY_FIELDS
+from ..analysis.summary import EXACT_FIELDS, HELDOUT_FIELDS, SUMMARY_FIELDS
 from ..config import Config
 from ..errors import Stopped, UserError
 from ..logs import checkpoint as checkpoint_file
@@ -34,10 +34,12 @@ from .observer import LogWriteError, Observer, format_summary
 
 def _summary_specs(client_specs: dict, num_components: int) -> dict:
     """Scores of each scored phase; with per-sample responsibilities (a scenario with exact
-    densities) also their agreement with the exact ones."""
+    densities) also their agreement with the exact ones; with the test samples' own E-step
+    (FedGMI's evaluation rounds) also its scores."""
     base = {name: () for name in SUMMARY_FIELDS}
     base["permutation"] = (num_components,)
-    return {phase: dict(base, **({name: () for name in EXACT_FIELDS} if "responsibilities" in spec else {}))
+    return {phase: dict(base, **({name: () for name in EXACT_FIELDS} if "responsibilities" in spec else {}),
+                        **({name: () for name in HELDOUT_FIELDS} if "heldout_confusion" in spec else {}))
             for phase, spec in client_specs.items() if "confusion" in spec}
 
 
