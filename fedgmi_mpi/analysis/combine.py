@@ -100,7 +100,8 @@ def scenario_arrays(model: SavedModel) -> tuple[dict[str, np.ndarray], np.ndarra
     from .. import scenarios
     from ..scenarios import npz_file
 
-    scenario = scenarios.build(config_mod.from_mapping(model.config))
+    # only the scenario is needed: keys of an older version's config (its algorithm's) are left out
+    scenario = scenarios.build(config_mod.from_mapping(model.config, unknown=[]))
     arrays = npz_file.to_arrays(scenario)
     seen = {c.client_id: c.seen for c in scenario.clients}
     return arrays, np.array([seen[cid] for cid in np.unique(arrays["client"])])
