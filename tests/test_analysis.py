@@ -77,10 +77,14 @@ def test_load_reads_a_partial_log_and_baselines(logs, tmp_path):
     assert np.isnan(baseline.final()["proportion_mae"]) and baseline.final()["accuracy"] >= 0
 
 
-def test_heldout_scores_are_logged_recomputed_and_rescored_alike(logs):
+def test_heldout_scores_are_logged_recomputed_and_rescored_alike(logs, monkeypatch):
     """The test samples' own E-step: the run's summary, the reader's recomputation from the
-    per-client arrays and a rescoring of the saved model agree; a baseline has none."""
+    per-client arrays and a rescoring of the saved model (in groups of 3 clients) agree; a
+    baseline has none."""
+    from fedgmi_mpi.analysis import rescore
     from fedgmi_mpi.analysis.rescore import final_evaluation
+
+    monkeypatch.setattr(rescore, "GROUP", 3)
 
     with h5py.File(logs["fedgmi"]) as f:
         logged = {name: float(f[f"evaluate/summary/{name}"][-1])

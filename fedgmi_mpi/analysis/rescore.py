@@ -17,6 +17,8 @@ from ..errors import UserError
 from .model import read_model
 from .summary import summarize
 
+GROUP = 32  # clients computed at once: bounds the memory on a scenario of thousands
+
 
 def final_evaluation(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, Any], list[str]]:
     """(the summary of the saved model's evaluation round run again, config keys left out)."""
@@ -29,8 +31,10 @@ def final_evaluation(path: str | Path, device: torch.device | str = "cpu") -> tu
     algorithm = algorithms.build(config, scenario, torch.device(device), saved.num_components)
     clients = list(scenario.clients)
     broadcast = algorithm.plan.evaluation(saved.round, saved.parameters)
-    states = [algorithm.init_client(client) for client in clients]
-    with torch.no_grad():
-        uploads = algorithm.group_update(broadcast, clients, states)
+    uploads = []
+    with torch.no_grad():  # in groups, as a worker rank would: each client's numbers are its own in any group
+        for start in range(0, len(clients), GROUP):
+            group = clients[start: start + GROUP]
+            uploads += algorithm.group_update(broadcast, group, [algorithm.init_client(c) for c in group])
     metrics = {name: np.stack([upload.metrics[name] for upload in uploads]) for name in uploads[0].metrics}
     return summarize(metrics, scenario), ignored
