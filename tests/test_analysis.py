@@ -103,6 +103,19 @@ def test_heldout_scores_are_logged_recomputed_and_rescored_alike(logs, monkeypat
     assert np.isnan(load(logs["fedavg"]).final().get("proportion_mae_heldout", np.nan))
 
 
+def test_an_older_logs_config_is_read_without_the_keys_this_version_lacks():
+    """What rescore and combine rebuild a scenario from: unknown keys are refused, or listed."""
+    from fedgmi_mpi import config
+    from fedgmi_mpi.errors import UserError
+
+    mapping = {"seed": 3, "algorithm": {"rounds": 7, "mstep_weight_power": 1.0}}
+    with pytest.raises(UserError, match="mstep_weight_power"):
+        config.from_mapping(mapping)
+    unknown: list[str] = []
+    read = config.from_mapping(mapping, unknown)
+    assert unknown == ["algorithm.mstep_weight_power"] and read.seed == 3 and read.algorithm.rounds == 7
+
+
 def test_heldout_scores_take_the_true_shares_from_the_confusion():
     from fedgmi_mpi.analysis.metrics import heldout_scores
 
