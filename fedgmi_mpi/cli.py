@@ -160,8 +160,11 @@ def report(logs: tuple[str, ...], out: str) -> None:
 @click.option("--draws", default=2000, show_default=True, type=click.IntRange(100), help="Posterior draws (Gibbs).")
 @click.option("--seed", default=None, type=int, help="Noise seed (default: the run's, which reproduces its evaluation).")
 @click.option("--device", default="cpu", show_default=True, help="torch device.")
+@click.option("--labels/--no-labels", "use_labels", default=None,
+              help="Score each sample by p_k(x) p_k(y|x) with its label y (the file's y) instead of p_k(x) alone "
+                   "(default: as the run's evaluation did, algorithm.eval_uses_labels).")
 def infer(log_path: str, data: str, out: str | None, clients: str | None, level: float, prior: float, draws: int,
-          seed: int | None, device: str) -> None:
+          seed: int | None, device: str, use_labels: bool | None) -> None:
     """A new client's proportions from a log's saved model, by E-steps alone, with uncertainty."""
     from .analysis import inference_output
     from .analysis.infer import infer_clients, parse_clients, score
@@ -173,7 +176,12 @@ def infer(log_path: str, data: str, out: str | None, clients: str | None, level:
     ids = parse_clients(clients, np.unique(arrays["client"]) if "client" in arrays else np.zeros(1, dtype=np.int64))
     device = _torch_device(device)
     _note_other_device(model, device)
-    results = infer_clients(model, arrays, ids, level=level, prior=prior, draws=draws, seed=seed, device=device)
+    if use_labels is None:
+        use_labels = bool(model.config.get("algorithm", {}).get("eval_uses_labels", False))
+    if use_labels and "y" not in arrays:
+        raise UserError(f"{data}: --labels needs the samples' labels (y); the file has none (use --no-labels)")
+    results = infer_clients(model, arrays, ids, level=level, prior=prior, draws=draws, seed=seed, device=device,
+                            use_labels=use_labels)
     scores = score(results, model.matching)
     click.echo(inference_output.format_table(model, results, scores, level))
     if target is not None:

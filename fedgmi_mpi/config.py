@@ -79,6 +79,9 @@ class AlgorithmConfig:
     # bound) gives sharper densities, lower MAE on every family (docs/algorithm.md) for ~1.2x the time
     mstep_samples: int = 4
     estep_uses_labels: bool = True  # multiply p_k(x_i) by p_k(y_i | x_i) in the training E-step
+    # the same in the evaluation's E-step on every client's (labelled) training samples, seen and unseen:
+    # proportions of labelled data. Off, the evaluation is what a client with unlabelled samples gets.
+    eval_uses_labels: bool = False
     proportion_iterations: int = 20  # EM iterations on pi per E-step, likelihoods held fixed
     # The M-step trains component k on w_ik ∝ pi_ck^gamma [p_k(x_i) p_k(y_i|x_i)]^beta; the proportions,
     # assignments and scores stay the plain responsibilities (gamma = beta = 1). beta < 1 (tempering)

@@ -203,6 +203,43 @@ def test_infer_reproduces_the_runs_unseen_clients_bitwise(logs, tmp_path):
     assert json.loads(as_json.read_text())["clients"][0]["client"] == 9
 
 
+def test_labelled_estep_is_logged_rescored_and_inferred_alike(logs, tmp_path):
+    """algorithm.eval_uses_labels changes the evaluation's E-step only: the same trained model, other
+    proportions; rescoring the plain log with the setting and ``infer`` (which follows the run's
+    setting unless told) give the run's numbers back."""
+    from fedgmi_mpi.analysis.rescore import final_evaluation
+
+    labelled = tmp_path / "labelled.h5"
+    done = run_cli(["run", "--quiet", "--out", str(labelled), *small_args("algorithm.eval_uses_labels=true")])
+    assert done.returncode == 0, done.stderr
+    with h5py.File(logs["fedgmi"]) as plain, h5py.File(labelled) as with_labels:
+        np.testing.assert_array_equal(plain["model/parameters"][()], with_labels["model/parameters"][()])
+        plain_proportions = plain["evaluate/proportions"][-1]
+        labelled_proportions = with_labels["evaluate/proportions"][-1]
+        np.testing.assert_array_equal(plain["evaluate/heldout_proportions"][-1],
+                                      with_labels["evaluate/heldout_proportions"][-1])  # test samples: no labels
+        assert np.abs(plain_proportions - labelled_proportions).max() > 1e-3
+    final = load(labelled).final()
+    rescored, _ = final_evaluation(logs["fedgmi"], settings={"algorithm.eval_uses_labels": True})
+    for name in ("proportion_mae", "assignment_accuracy", "proportion_mae_unseen", "accuracy"):
+        assert rescored[name] == pytest.approx(final[name], abs=1e-12), name
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for log, flag, expected in ((labelled, [], labelled_proportions), (labelled, ["--no-labels"], plain_proportions),
+                                (logs["fedgmi"], ["--labels"], labelled_proportions)):
+        out = tmp_path / f"infer-{len(list(tmp_path.iterdir()))}.npz"
+        done = run_cli(["infer", "--log", str(log), "--data", str(logs["data"]), "--clients", "8-9", "--out", str(out),
+                        "--device", device, *flag])
+        assert done.returncode == 0, done.stderr
+        with np.load(out, allow_pickle=False) as result:
+            np.testing.assert_array_equal(result["proportions"], expected[8:10])
+            assert bool(result["used_labels"]) == (flag != ["--no-labels"])
+    with np.load(logs["data"], allow_pickle=False) as data:
+        unlabelled = tmp_path / "unlabelled.npz"
+        np.savez(unlabelled, **{name: data[name] for name in data.files if name != "y"})
+    _one_line_error(run_cli(["infer", "--log", str(labelled), "--data", str(unlabelled)]), "needs the samples' labels")
+    assert run_cli(["infer", "--log", str(labelled), "--data", str(unlabelled), "--no-labels"]).returncode == 0
+
+
 def test_infer_says_when_it_runs_on_another_device_than_the_run(logs, tmp_path):
     with h5py.File(logs["fedgmi"]) as f:
         run_device = json.loads(f.attrs["summary"])["rank_device"][-1]

@@ -50,6 +50,13 @@ def responsibilities(log_likelihood: torch.Tensor, proportions: torch.Tensor) ->
     return torch.softmax(log_likelihood + torch.log(proportions.clamp_min(1e-30)).unsqueeze(1), dim=2)
 
 
+def with_labels(log_likelihood: torch.Tensor, class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p_k(x_i) + log p_k(y_i | x_i) [G, N, K], from log_likelihood [G, N, K], class_logits
+    [G, K, N, C] and labels [G, N]: the joint likelihood of a labelled sample under component k."""
+    index = labels.unsqueeze(1).expand(-1, class_logits.shape[1], -1).unsqueeze(3)
+    return log_likelihood + torch.log_softmax(class_logits, -1).gather(3, index).squeeze(3).transpose(1, 2)
+
+
 def mstep_weights(log_likelihood: torch.Tensor, proportions: torch.Tensor, tempering: float = 1.0,
                   prior_power: float = 1.0) -> torch.Tensor:
     """What the M-step trains each component on: w_gik ∝ pi_gk^prior_power p_k(x_gi)^tempering [G, N, K]

@@ -379,10 +379,7 @@ class FedGMI(GroupAlgorithmBase):
                 resp[g, : client.num_train] = torch.as_tensor(topics.initial_responsibilities(
                     self._words(client), state["topic_weights"][best_restart], best_topics.astype(np.float64)))
             return em.masked_mean(resp, batch.mask), resp, resp
-        estep_ll = log_likelihood
-        if self.cfg.estep_uses_labels:
-            labels = batch.y.unsqueeze(1).expand(-1, self.num_components, -1).unsqueeze(3)
-            estep_ll = log_likelihood + torch.log_softmax(logits, -1).gather(3, labels).squeeze(3).transpose(1, 2)
+        estep_ll = em.with_labels(log_likelihood, logits, batch.y) if self.cfg.estep_uses_labels else log_likelihood
         prior = torch.as_tensor(np.stack([s["proportions"] for s in states]), dtype=torch.float32, device=self.device)
         proportions, resp = em.fit_proportions(estep_ll, batch.mask, prior, self.cfg.proportion_iterations)
         prior_power = self.cfg.mstep_prior_power
@@ -429,10 +426,13 @@ class FedGMI(GroupAlgorithmBase):
         batch = self._batch(clients)
         k = self.num_components
         noise = self._noise(generators, self.cfg.eval_samples, batch.counts.tolist(), self.max_train)
-        log_px, _ = self.model.iw_log_likelihood(params, batch.x, noise)
+        log_px, logits = self.model.iw_log_likelihood(params, batch.x, noise)
         log_likelihood = log_px.transpose(1, 2)
+        # with labels the proportions and assignments come from p_k(x_i) p_k(y_i | x_i); the logged
+        # likelihoods stay the densities' own
+        estep_ll = em.with_labels(log_likelihood, logits, batch.y) if self.cfg.eval_uses_labels else log_likelihood
         uniform = torch.full((len(clients), k), 1.0 / k, device=self.device)
-        proportions, resp = em.fit_proportions(log_likelihood, batch.mask, uniform, EVAL_PROPORTION_ITERATIONS)
+        proportions, resp = em.fit_proportions(estep_ll, batch.mask, uniform, EVAL_PROPORTION_ITERATIONS)
         metrics = self._metrics(clients, batch, params, proportions, log_likelihood, resp, self.cfg.eval_samples,
                                 generators, heldout=True)
         mixture = em.masked_mean(em.mixture_log_likelihood(log_likelihood, proportions).unsqueeze(2), batch.mask)

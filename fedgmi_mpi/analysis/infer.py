@@ -54,6 +54,7 @@ class ClientInference:
     dirichlet: np.ndarray | None = None  # [K] the file's `proportions` row, evaluation only
     true_components: np.ndarray | None = None  # [n] evaluation only
     draws: tuple[np.ndarray, np.ndarray] | None = None  # the posterior draws (proportions, shares), if kept
+    used_labels: bool = False  # the samples were scored by p_k(x) p_k(y|x) with their labels
 
     @property
     def assignment(self) -> np.ndarray:
@@ -105,7 +106,11 @@ def posterior(log_likelihood: np.ndarray, estimate: np.ndarray, prior: float, dr
 @torch.no_grad()
 def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.ndarray, level: float = 0.9,
                   prior: float = 0.5, draws: int = 2000, burn_in: int = 200, importance_samples: int | None = None,
-                  seed: int | None = None, device: str = "cpu", keep_draws: bool = False) -> list[ClientInference]:
+                  seed: int | None = None, device: str = "cpu", keep_draws: bool = False,
+                  use_labels: bool = False) -> list[ClientInference]:
+    """Each client's proportions from uniform by E-steps alone (the run's evaluation of an unseen
+    client), with Gibbs draws for their uncertainty. ``use_labels``: score the samples by
+    p_k(x) p_k(y|x) with their labels ``arrays["y"]``, as a run with ``algorithm.eval_uses_labels`` does."""
     params, shape = model.vae(device)  # shape: the models.DensityModel (input_dim, num_components, latent, functions)
     x_all = arrays["x"]
     if x_all.shape[1] != shape.input_dim:
@@ -127,7 +132,11 @@ def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.
         log_likelihood, logits = _log_likelihoods(params, shape, x_all, used, samples, generator, model.max_train, device)
         mask = torch.ones(1, len(used), dtype=torch.bool, device=device)
         uniform = torch.full((1, k), 1.0 / k, device=device)
-        estimate, resp = em.fit_proportions(log_likelihood, mask, uniform, EM_ITERATIONS)
+        estep_ll = log_likelihood
+        if use_labels:
+            labels = torch.as_tensor(arrays["y"][used].astype(np.int64), device=device).unsqueeze(0)
+            estep_ll = em.with_labels(log_likelihood, logits, labels)
+        estimate, resp = em.fit_proportions(estep_ll, mask, uniform, EM_ITERATIONS)
         mixture = float(em.masked_mean(em.mixture_log_likelihood(log_likelihood, estimate).unsqueeze(2), mask)[0, 0])
         accuracy = float("nan")
         if "y" in arrays:
@@ -139,7 +148,7 @@ def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.
             predicted = em.predict_proba(test_ll, test_logits, estimate).argmax(2)[0].cpu().numpy()
             accuracy = float((predicted == arrays["y"][scored]).mean())
         estimate_np = estimate[0].double().cpu().numpy()
-        ll_np = log_likelihood[0].double().cpu().numpy()
+        ll_np = estep_ll[0].double().cpu().numpy()
         draws_p, draws_s = posterior(ll_np, estimate_np, prior, draws, burn_in, rngs.numpy_rng(seed, INFER, int(cid)))
         actual, true_components = None, None
         if "component" in arrays:
@@ -152,7 +161,7 @@ def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.
             share_lower=np.quantile(draws_s, tail, axis=0), share_upper=np.quantile(draws_s, 1 - tail, axis=0),
             responsibilities=resp[0].double().cpu().numpy(), mixture_log_likelihood=mixture, accuracy=accuracy,
             actual=actual, dirichlet=dirichlet, true_components=true_components,
-            draws=(draws_p, draws_s) if keep_draws else None))
+            draws=(draws_p, draws_s) if keep_draws else None, used_labels=use_labels))
     return out
 
 

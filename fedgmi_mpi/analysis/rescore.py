@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import algorithms, scenarios
-from ..config import from_mapping
+from ..config import apply, from_mapping, validate
 from ..errors import UserError
 from .model import read_model
 from .summary import summarize
@@ -20,13 +20,19 @@ from .summary import summarize
 GROUP = 32  # clients computed at once: bounds the memory on a scenario of thousands
 
 
-def final_evaluation(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, Any], list[str]]:
-    """(the summary of the saved model's evaluation round run again, config keys left out)."""
+def final_evaluation(path: str | Path, device: torch.device | str = "cpu",
+                     settings: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """(the summary of the saved model's evaluation round run again, config keys left out).
+    ``settings``: config keys changed for the rescoring, e.g. ``{"algorithm.eval_uses_labels": True}``
+    (settings of the evaluation: the saved model stays the run's)."""
     saved = read_model(path)
     if saved.kind != "vae_mixture":
         raise UserError(f"{saved.path}: rescoring needs FedGMI's mixture of VAEs (algorithm fedgmi or oracle)")
     ignored: list[str] = []  # keys of an older version's config, left out
     config = from_mapping(saved.config, ignored)
+    for key, value in (settings or {}).items():
+        apply(config, key, value)
+    validate(config)
     scenario = scenarios.build(config)
     algorithm = algorithms.build(config, scenario, torch.device(device), saved.num_components)
     clients = list(scenario.clients)
