@@ -180,6 +180,10 @@ def infer(log_path: str, data: str, out: str | None, clients: str | None, level:
         use_labels = bool(model.config.get("algorithm", {}).get("eval_uses_labels", False))
     if use_labels and "y" not in arrays:
         raise UserError(f"{data}: --labels needs the samples' labels (y); the file has none (use --no-labels)")
+    classes = int(model.description.get("num_classes", 0))
+    if use_labels and len(arrays["y"]) and int(arrays["y"].max()) >= classes:
+        raise UserError(f"{data}: label {int(arrays['y'].max())} in y, but the model has {classes} classes "
+                        "(0..{}); --labels needs the run's labels".format(classes - 1))
     results = infer_clients(model, arrays, ids, level=level, prior=prior, draws=draws, seed=seed, device=device,
                             use_labels=use_labels)
     scores = score(results, model.matching)

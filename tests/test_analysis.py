@@ -237,6 +237,10 @@ def test_labelled_estep_is_logged_rescored_and_inferred_alike(logs, tmp_path):
         unlabelled = tmp_path / "unlabelled.npz"
         np.savez(unlabelled, **{name: data[name] for name in data.files if name != "y"})
     _one_line_error(run_cli(["infer", "--log", str(labelled), "--data", str(unlabelled)]), "needs the samples' labels")
+    with np.load(logs["data"], allow_pickle=False) as data:
+        foreign = tmp_path / "foreign.npz"
+        np.savez(foreign, **{name: data[name] + 10 * (name == "y") for name in data.files})
+    _one_line_error(run_cli(["infer", "--log", str(labelled), "--data", str(foreign)]), "the model has 10 classes")
     assert run_cli(["infer", "--log", str(labelled), "--data", str(unlabelled), "--no-labels"]).returncode == 0
 
 
