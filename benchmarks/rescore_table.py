@@ -3,11 +3,12 @@
   python benchmarks/rescore_table.py --set algorithm.eval_uses_labels=true runs/iw4/agg4-default-seed*.h5 ...
 
 For every log (FedGMI or oracle), the final evaluation's matched proportion MAE and assignment of
-the seen clients (training samples), the unseen clients' MAE and the held-out scores: as the run
-logged them, then its saved model's evaluation run again with the settings (``--set``, e.g. the
-labelled E-step of ``algorithm.eval_uses_labels``; ``fedgmi_mpi.analysis.rescore``). Training is
-not rerun: only settings that act in evaluation rounds make sense here. Prints one Markdown row
-per log, then the means over the logs of each algorithm.
+the seen clients (training samples), the unseen clients' MAE and the held-out MAE: its saved
+model's evaluation run again as the run had it (the run's own figures: ``fedgmi_mpi.analysis.rescore``
+gives them back to the last digit, also for logs written before runs scored the held-out samples),
+then again with the settings (``--set``, e.g. the labelled E-step of ``algorithm.eval_uses_labels``).
+Training is not rerun: only settings that act in evaluation rounds make sense here. Prints one
+Markdown row per log, then the means over the logs of each algorithm.
 """
 from __future__ import annotations
 
@@ -36,15 +37,15 @@ def main() -> None:
         key, value = item.split("=", 1)
         settings[key.strip()] = yaml.safe_load(value)
     names = " / ".join(COLUMNS)
-    print(f"| log | algorithm | logged: {names} | with {', '.join(args.settings)} |")
+    print(f"| log | algorithm | as run: {names} | with {', '.join(args.settings)} |")
     print("|---|---|---|---|")
     by_algorithm: dict[str, list[tuple[list[float], list[float]]]] = defaultdict(list)
     for log in args.logs:
         with h5py.File(log, "r") as f:
-            logged = json.loads(f.attrs["summary"])
             algorithm = json.loads(f.attrs["config"]).get("algorithm", {}).get("name", "fedgmi")
+        as_run, _ = final_evaluation(log)
         rescored, _ = final_evaluation(log, settings=settings)
-        before = [float(logged.get(name, rescored[name] if name.endswith("heldout") else np.nan)) for name in COLUMNS]
+        before = [float(as_run[name]) for name in COLUMNS]
         after = [float(rescored[name]) for name in COLUMNS]
         by_algorithm[algorithm].append((before, after))
         print(f"| {log.name} | {algorithm} | {' / '.join(f'{v:.4f}' for v in before)} "

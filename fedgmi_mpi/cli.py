@@ -183,13 +183,13 @@ def infer(log_path: str, data: str, out: str | None, clients: str | None, level:
     classes = int(model.description.get("num_classes", 0))
     if use_labels and len(arrays["y"]) and int(arrays["y"].max()) >= classes:
         raise UserError(f"{data}: label {int(arrays['y'].max())} in y, but the model has {classes} classes "
-                        "(0..{}); --labels needs the run's labels".format(classes - 1))
+                        f"(0..{classes - 1}); --labels needs the run's labels")
     results = infer_clients(model, arrays, ids, level=level, prior=prior, draws=draws, seed=seed, device=device,
                             use_labels=use_labels)
     scores = score(results, model.matching)
-    click.echo(inference_output.format_table(model, results, scores, level))
+    click.echo(inference_output.format_table(model, results, scores, level, use_labels))
     if target is not None:
-        inference_output.write(target, model, results, scores, level, prior)
+        inference_output.write(target, model, results, scores, level, prior, use_labels)
         click.echo(f"wrote {target}")
 
 

@@ -54,7 +54,6 @@ class ClientInference:
     dirichlet: np.ndarray | None = None  # [K] the file's `proportions` row, evaluation only
     true_components: np.ndarray | None = None  # [n] evaluation only
     draws: tuple[np.ndarray, np.ndarray] | None = None  # the posterior draws (proportions, shares), if kept
-    used_labels: bool = False  # the samples were scored by p_k(x) p_k(y|x) with their labels
 
     @property
     def assignment(self) -> np.ndarray:
@@ -161,7 +160,7 @@ def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.
             share_lower=np.quantile(draws_s, tail, axis=0), share_upper=np.quantile(draws_s, 1 - tail, axis=0),
             responsibilities=resp[0].double().cpu().numpy(), mixture_log_likelihood=mixture, accuracy=accuracy,
             actual=actual, dirichlet=dirichlet, true_components=true_components,
-            draws=(draws_p, draws_s) if keep_draws else None, used_labels=use_labels))
+            draws=(draws_p, draws_s) if keep_draws else None))
     return out
 
 

@@ -16,7 +16,8 @@ def check_target(out: str | None) -> Path | None:
     return None if out is None else check_new_file(Path(out), (".npz", ".json"))
 
 
-def format_table(model: SavedModel, results: list[ClientInference], scores: Scores | None, level: float) -> str:
+def format_table(model: SavedModel, results: list[ClientInference], scores: Scores | None, level: float,
+                 used_labels: bool = False) -> str:
     k = model.num_components
     order = scores.matching if scores is not None else np.arange(k)
     label = "true component" if scores is not None else "component"
@@ -29,7 +30,7 @@ def format_table(model: SavedModel, results: list[ClientInference], scores: Scor
         cells = "  ".join(f"{r.proportions[j]:.3f}[{r.lower[j]:.2f},{r.upper[j]:.2f}]" for j in order)
         accuracy = "n/a" if math.isnan(r.accuracy) else f"{r.accuracy:.3f}"
         lines.append(f"{r.client:6d} {len(r.sample_index):5d}  {cells}  {r.mixture_log_likelihood:10.2f}  {accuracy:>8s}")
-    if results and results[0].used_labels:
+    if used_labels:
         lines.append("samples scored by p_k(x) p_k(y|x) with their labels (--labels)")
     if scores is not None:
         lines.append(f"against the file's truth ({len(results)} clients, {scores.intervals} intervals per truth):")
@@ -40,7 +41,7 @@ def format_table(model: SavedModel, results: list[ClientInference], scores: Scor
 
 
 def write(target: Path, model: SavedModel, results: list[ClientInference], scores: Scores | None, level: float,
-          prior: float) -> Path:
+          prior: float, used_labels: bool = False) -> Path:
     """Per client: the estimate, posterior mean/sd, intervals, mixture log-likelihood, accuracy;
     per sample: its row in the data file, client, responsibilities and assignment. Components in
     the model's (learned) order; ``matching`` maps true component t to learned matching[t]."""
@@ -59,7 +60,7 @@ def write(target: Path, model: SavedModel, results: list[ClientInference], score
         "responsibilities": np.concatenate([r.responsibilities for r in results]),
         "assignment": np.concatenate([r.assignment for r in results]),
         "level": np.array(level), "prior": np.array(prior), "model_round": np.array(model.round),
-        "used_labels": np.array(bool(results and results[0].used_labels)),
+        "used_labels": np.array(used_labels),
     }
     if scores is not None:
         arrays["matching"] = scores.matching
@@ -72,7 +73,7 @@ def write(target: Path, model: SavedModel, results: list[ClientInference], score
     document = {
         "model": {"log": str(model.path), "round": model.round, "train_round": model.train_round,
                   "algorithm": model.description.get("algorithm")},
-        "level": level, "prior": prior, "used_labels": bool(results and results[0].used_labels),
+        "level": level, "prior": prior, "used_labels": used_labels,
         "matching": None if scores is None else scores.matching.tolist(),
         "scores": None if scores is None else {k: clean(v) for k, v in vars(scores).items() if k != "matching"},
         "clients": [{"client": r.client, "samples": len(r.sample_index), "proportions": r.proportions.tolist(),
