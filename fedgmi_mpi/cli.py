@@ -178,14 +178,11 @@ def infer(log_path: str, data: str, out: str | None, clients: str | None, level:
     _note_other_device(model, device)
     if use_labels is None:
         use_labels = bool(model.config.get("algorithm", {}).get("eval_uses_labels", False))
-    if use_labels and "y" not in arrays:
-        raise UserError(f"{data}: --labels needs the samples' labels (y); the file has none (use --no-labels)")
-    classes = int(model.description.get("num_classes", 0))
-    if use_labels and len(arrays["y"]) and int(arrays["y"].max()) >= classes:
-        raise UserError(f"{data}: label {int(arrays['y'].max())} in y, but the model has {classes} classes "
-                        f"(0..{classes - 1}); --labels needs the run's labels")
-    results = infer_clients(model, arrays, ids, level=level, prior=prior, draws=draws, seed=seed, device=device,
-                            use_labels=use_labels)
+    try:  # the checks of the data against the model live in infer_clients; the one line names the file
+        results = infer_clients(model, arrays, ids, level=level, prior=prior, draws=draws, seed=seed, device=device,
+                                use_labels=use_labels)
+    except UserError as error:
+        raise UserError(f"{data}: {error}") from None
     scores = score(results, model.matching)
     click.echo(inference_output.format_table(model, results, scores, level, use_labels))
     if target is not None:

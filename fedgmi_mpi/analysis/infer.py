@@ -114,6 +114,13 @@ def infer_clients(model: SavedModel, arrays: dict[str, np.ndarray], clients: np.
     x_all = arrays["x"]
     if x_all.shape[1] != shape.input_dim:
         raise UserError(f"the data has {x_all.shape[1]} features per sample, the model expects {shape.input_dim}")
+    if use_labels:
+        if "y" not in arrays:
+            raise UserError("--labels needs the samples' labels (y); the data has none (use --no-labels)")
+        classes = int(model.description.get("num_classes", 0))
+        if len(arrays["y"]) and int(arrays["y"].max()) >= classes:
+            raise UserError(f"label {int(arrays['y'].max())} in y, but the model has {classes} classes "
+                            f"(0..{classes - 1}); --labels needs the run's labels")
     seed = model.seed if seed is None else seed
     samples = importance_samples or int(model.config.get("algorithm", {}).get("eval_samples", 64))
     owner = arrays.get("client", np.zeros(len(x_all), dtype=np.int64))
